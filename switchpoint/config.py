@@ -1,0 +1,373 @@
+"""Run configuration: YAML parsed once into typed dataclasses, validated with errors that name the key.
+
+Every field has a docstring (TRL style). Actors get the slice they need (cfg.learner, cfg.rollout, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    """Run name; the run folder is OUTPUT_DIR/NAME-TIMESTAMP."""
+    output_dir: str = "runs"
+    """Folder that receives one subfolder per run."""
+    seed: int = 0
+    """Seed for data order, sampling and (tiny default) model init."""
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = 128
+    """Hidden width of the random-init Llama model."""
+    intermediate_size: int = 512
+    """MLP width."""
+    num_hidden_layers: int = 2
+    """Transformer blocks."""
+    num_attention_heads: int = 2
+    """Heads; head_dim is fixed at 64 (vLLM's CPU backend refuses smaller)."""
+    max_position_embeddings: int = 128
+    """Longest sequence the model accepts."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "artifacts/tiny/model"
+    """Hugging Face model folder (config.json, weights, tokenizer). Everything loads from here."""
+    build_tiny: bool = False
+    """Build a random-init tiny Llama and its tokenizer at `path` when the folder does not exist yet."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Shape of the tiny model (used only with build_tiny)."""
+    dtype: str = "auto"
+    """Training/inference dtype: float32, bfloat16 or auto (float32 on CPU, bfloat16 on GPU)."""
+
+
+@dataclass
+class ColumnsConfig:
+    prompt: str = "prompt"
+    """Column holding the problem text."""
+    response: str = "response"
+    """Column holding the expert trajectory (e.g. `trajectory` or `solution` in other data sets)."""
+    answer: str = "answer"
+    """Column holding the reference final answer the verifier checks against."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"
+    """`synthetic` (the embedded arithmetic task, written to `dir`) or `files` (the *_path fields)."""
+    dir: str = "artifacts/tiny/data"
+    """Where the synthetic splits are written (parquet)."""
+    difficulty: int = 1
+    """Synthetic task difficulty (more operations per problem)."""
+    n_sft_train: int = 2000
+    """Synthetic: expert trajectories for SFT (the data-size knob)."""
+    n_sft_val: int = 200
+    """Synthetic: held-out trajectories for the SFT validation loss."""
+    n_rl: int = 2000
+    """Synthetic: prompts for RL."""
+    n_eval: int = 200
+    """Synthetic: held-out prompts for accuracy."""
+    sft_train_path: str = ""
+    """files: SFT trajectories (.jsonl or .parquet)."""
+    sft_val_path: str = ""
+    """files: validation trajectories (the paper's Val-199 shape)."""
+    rl_path: str = ""
+    """files: RL prompts with reference answers."""
+    eval_path: str = ""
+    """files: held-out prompts with reference answers."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    """Column names in the data files."""
+    prompt_template: str = "{prompt}"
+    """Python format string applied to the prompt before tokenizing, e.g. a chat wrapper."""
+    max_len: int = 96
+    """Maximum tokens of prompt + response for SFT (longer rows are truncated)."""
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = 2
+    """DeepSpeed data-parallel ranks (Ray actors in one placement group)."""
+    cpus_per_rank: float = 1.0
+    """CPUs reserved per rank."""
+    gpus_per_rank: float = 0.0
+    """GPUs per rank (0 on a CPU machine: DeepSpeed then uses gloo)."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage 0-3."""
+    lr: float = 1e-3
+    """Peak learning rate of the SFT phase."""
+    rl_lr: float = 0.0
+    """Learning rate of the RL phase (0: keep `lr`)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 20
+    """Linear warm-up steps at the start of SFT."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    reset_optimizer_at_switch: bool = False
+    """Start RL with fresh AdamW moments (True) or carry SFT's over (False). Recorded in the run."""
+    torch_threads: int = 1
+    """Intra-op threads per rank (keep 1 on small CPU machines)."""
+
+
+@dataclass
+class SFTConfig:
+    batch_size: int = 32
+    """Global sequences per optimizer step (split across ranks)."""
+    max_steps: int = 400
+    """SFT step budget; the run switches (or stops, policy `never`) here at the latest."""
+    eval_every: int = 20
+    """Validation loss + checkpoint every this many steps."""
+
+
+@dataclass
+class SwitchConfig:
+    policy: str = "stable"
+    """When to switch to RL: stable | mild | min_loss | step:N | never | rl_only."""
+    delta: float = 0.02
+    """Stable band: L <= (1 + delta) * L_min."""
+    delta2: float = 0.10
+    """Severe overfitting: L >= (1 + delta2) * L_min."""
+    patience: int = 2
+    """Evaluations without a relative gain > delta before `stable`/`min_loss` decide."""
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 1
+    """vLLM engines (one per Ray actor)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker."""
+    gpus_per_worker: float = 0.0
+    """GPUs per worker."""
+    max_tokens: int = 48
+    """Longest completion."""
+    temperature: float = 1.0
+    """Sampling temperature for RL rollouts."""
+    top_p: float = 1.0
+    """Nucleus sampling for RL rollouts."""
+    kv_cache_gib: float = 0.5
+    """KV cache size per CPU engine (VLLM_CPU_KVCACHE_SPACE) in GiB."""
+    gpu_memory_utilization: float = 0.5
+    """Fraction of GPU memory vLLM may take (GPU only)."""
+    weight_sync: str = "object_store"
+    """How new weights reach the engines: object_store | disk."""
+
+
+@dataclass
+class RLConfig:
+    algorithm: str = "dapo"
+    """dapo | grpo | dr_grpo."""
+    steps: int = 40
+    """RL optimizer steps."""
+    prompts_per_step: int = 16
+    """Prompts trained per step (after dynamic sampling for dapo)."""
+    group_size: int = 8
+    """Samples per prompt (G)."""
+    clip_low: float = 0.2
+    """Lower clip: ratio >= 1 - clip_low."""
+    clip_high: float = 0.28
+    """Upper clip: ratio <= 1 + clip_high (DAPO's clip-higher)."""
+    max_gen_rounds: int = 3
+    """DAPO dynamic sampling: generation rounds per step to fill the batch with informative groups."""
+    eval_every: int = 10
+    """Held-out accuracy every this many RL steps (and at the switch and the end)."""
+
+
+@dataclass
+class VerifierConfig:
+    kind: str = "exact"
+    """exact (synthetic task) | math (math-verify) | module:function."""
+    num_workers: int = 2
+    """Verifier actors."""
+    timeout_s: float = 5.0
+    """Time limit per item; a hung item scores 0 with status timeout."""
+    cpus_per_worker: float = 0.25
+    """CPUs reserved per verifier actor."""
+
+
+@dataclass
+class EvalConfig:
+    samples: int = 4
+    """k: samples per held-out prompt; accuracy is avg@k."""
+    temperature: float = 1.0
+    """Sampling temperature for held-out accuracy."""
+    max_prompts: int = 200
+    """Held-out prompts used (first N)."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run identity and output folder."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Base model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Expert trajectories, RL prompts, held-out set."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """DeepSpeed learner group."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """SFT phase."""
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
+    """When to switch SFT -> RL."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """vLLM rollout workers."""
+    rl: RLConfig = field(default_factory=RLConfig)
+    """RL phase."""
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    """Reward / verifier pool."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out accuracy."""
+
+
+CHOICES = {
+    "data.source": ("synthetic", "files"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "rollout.weight_sync": ("object_store", "disk"),
+    "rl.algorithm": ("dapo", "grpo", "dr_grpo"),
+}
+POSITIVE = (
+    "learner.num_ranks", "sft.batch_size", "sft.eval_every", "rl.prompts_per_step", "rl.group_size",
+    "rl.max_gen_rounds", "rl.eval_every", "rollout.num_workers", "rollout.max_tokens", "verifier.num_workers",
+    "verifier.timeout_s", "eval.samples", "eval.max_prompts", "data.max_len", "learner.lr",
+)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        return _build(typ, value, key + ".")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} must be true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"config key {key!r}: unsupported type {typ}")
+
+
+def _build(cls, raw: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"unknown config key {prefix + str(k)!r}; known under {prefix or 'top level'}: "
+                              f"{', '.join(sorted(known))}")
+    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> Config:
+    for key, allowed in CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r} is {value!r}; choose one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        if get_key(cfg, key) <= 0:
+            raise ConfigError(f"config key {key!r} must be > 0, got {get_key(cfg, key)}")
+    if cfg.learner.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"config key 'learner.zero_stage' must be 0-3, got {cfg.learner.zero_stage}")
+    if cfg.sft.batch_size % cfg.learner.num_ranks:
+        raise ConfigError(f"config key 'sft.batch_size' ({cfg.sft.batch_size}) must divide evenly over "
+                          f"learner.num_ranks ({cfg.learner.num_ranks})")
+    if cfg.rl.algorithm == "dapo" and not (0 < cfg.rl.clip_low < 1 and cfg.rl.clip_high > 0):
+        raise ConfigError("config keys 'rl.clip_low'/'rl.clip_high' must satisfy 0 < clip_low < 1 and clip_high > 0")
+    if cfg.data.source == "files":
+        for key in ("sft_train_path", "sft_val_path", "rl_path", "eval_path"):
+            if not getattr(cfg.data, key):
+                raise ConfigError(f"config key 'data.{key}' is required when data.source is 'files'")
+    try:
+        cfg.data.prompt_template.format(prompt="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"config key 'data.prompt_template' must use only {{prompt}}: {e}") from None
+    from plasticity.regimes import make_policy
+
+    try:
+        make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
+    except ValueError as e:
+        raise ConfigError(f"config key 'switch.policy': {e}") from None
+    return cfg
+
+
+def get_key(cfg: Any, dotted: str) -> Any:
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`a.b=value` strings -> nested dict; values are parsed as YAML scalars (1, 0.5, true, text)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def from_dict(raw: dict) -> Config:
+    return _validate(_build(Config, raw or {}))
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply `--set` overrides, validate. Relative data/model paths stay relative to CWD."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return from_dict(_merge(raw, parse_overrides(overrides or [])))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+__all__ = ["Config", "ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "parse_overrides", "get_key"]

@@ -1,0 +1,348 @@
+"""Tests of trainers/: SFT loss, policy losses, advantages, dynamic sampling, evaluation metrics."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainers import (
+    ADVANTAGE_ESTIMATORS,
+    POLICY_LOSSES,
+    avg_at_k,
+    get_advantage_estimator,
+    get_policy_loss,
+    keep_informative_groups,
+    pass_at_k,
+    rl_objective,
+    sft_loss,
+    summarize_eval,
+    token_logprobs,
+)
+
+VOCAB = 7
+
+
+def _sft_batch(seed: int = 0):
+    """Two sequences of length 6: prompt then response, the second padded at the end."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 6, VOCAB, generator=generator)
+    input_ids = torch.randint(0, VOCAB, (2, 6), generator=generator)
+    loss_mask = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 1, 0]])
+    return logits, input_ids, loss_mask
+
+
+# ---------------------------------------------------------------- SFT
+
+
+def test_sft_loss_ignores_prompt_positions_but_not_response_positions():
+    logits, input_ids, loss_mask = _sft_batch()
+    loss, info = sft_loss(logits, input_ids, loss_mask)
+    assert info["tokens"] == 6
+
+    # logits[:, t] predicts token t + 1; it is a prompt position when loss_mask[:, t + 1] == 0.
+    prompt_predicting = torch.zeros(2, 6, dtype=torch.bool)
+    prompt_predicting[:, :-1] = loss_mask[:, 1:] == 0
+    prompt_predicting[:, -1] = True  # the last position predicts nothing
+    changed = logits.clone()
+    changed[prompt_predicting] += 100.0 * torch.randn(int(prompt_predicting.sum()), VOCAB)
+    assert sft_loss(changed, input_ids, loss_mask)[0].item() == pytest.approx(loss.item())
+
+    response_changed = logits.clone()
+    response_changed[0, 2] += 5.0 * torch.randn(VOCAB)
+    assert sft_loss(response_changed, input_ids, loss_mask)[0].item() != pytest.approx(loss.item())
+
+
+def test_sft_loss_equals_hand_built_cross_entropy():
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]])
+    input_ids = torch.tensor([[0, 1, 2, 0]])
+    loss_mask = torch.tensor(
+        [[0, 0, 1, 1]]
+    )  # targets: input_ids[2]=2 (from pos 1), input_ids[3]=0 (from pos 2)
+    expected_pos1 = -math.log(math.exp(0.0) / (math.exp(0.0) + math.exp(1.0) + math.exp(0.0)))
+    expected_pos2 = -math.log(math.exp(0.0) / (math.exp(0.0) + math.exp(0.0) + math.exp(3.0)))
+    loss, info = sft_loss(logits, input_ids, loss_mask)
+    assert loss.item() == pytest.approx((expected_pos1 + expected_pos2) / 2, rel=1e-6)
+    torch_ce = F.cross_entropy(logits[0, 1:3], input_ids[0, 2:4])
+    assert loss.item() == pytest.approx(torch_ce.item(), rel=1e-6)
+    assert info == {
+        "loss": pytest.approx(loss.item()),
+        "loss_sum": pytest.approx(2 * loss.item()),
+        "tokens": 2,
+    }
+
+
+def test_sft_token_scale_makes_rank_losses_average_to_global_mean():
+    logits, input_ids, loss_mask = _sft_batch(seed=3)
+    full_loss, full_info = sft_loss(logits, input_ids, loss_mask)
+    world_size = 2
+    halves = [(logits[i : i + 1], input_ids[i : i + 1], loss_mask[i : i + 1]) for i in range(2)]
+    local_tokens = [int(mask[:, 1:].sum()) for _, _, mask in halves]
+    assert local_tokens[0] != local_tokens[1]  # unequal, so an unscaled mean of means would be wrong
+
+    unscaled = [sft_loss(*half)[0].item() for half in halves]
+    assert sum(unscaled) / world_size != pytest.approx(full_loss.item())
+
+    scaled = [
+        sft_loss(*half, token_scale=n * world_size / full_info["tokens"])[0].item()
+        for half, n in zip(halves, local_tokens, strict=True)
+    ]
+    assert sum(scaled) / world_size == pytest.approx(full_loss.item(), rel=1e-6)
+
+
+def test_sft_loss_without_targets_is_zero_with_a_graph():
+    logits, input_ids, _ = _sft_batch()
+    logits.requires_grad_(True)
+    loss, info = sft_loss(logits, input_ids, torch.zeros_like(input_ids))
+    loss.backward()
+    assert info["tokens"] == 0 and loss.item() == 0.0
+    assert torch.count_nonzero(logits.grad) == 0
+
+
+def test_sft_loss_rejects_bad_shapes():
+    logits, input_ids, loss_mask = _sft_batch()
+    with pytest.raises(ValueError, match="loss_mask"):
+        sft_loss(logits, input_ids, loss_mask[:, :-1])
+    with pytest.raises(ValueError, match="input_ids"):
+        sft_loss(logits, input_ids[:1], loss_mask[:1])
+    with pytest.raises(ValueError, match="integer"):
+        sft_loss(logits, input_ids.float(), loss_mask)
+
+
+# ---------------------------------------------------------------- token log-probs and policy losses
+
+
+def test_token_logprobs_match_log_softmax_gather():
+    logits, input_ids, _ = _sft_batch(seed=5)
+    expected = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(token_logprobs(logits, input_ids), expected)
+    # Half-precision logits come back as float32 log-probs, within bf16 rounding of the exact ones.
+    from_bf16 = token_logprobs(logits.to(torch.bfloat16), input_ids)
+    assert from_bf16.shape == (2, 5) and from_bf16.dtype == torch.float32
+    torch.testing.assert_close(from_bf16, expected, atol=0.05, rtol=0.0)
+
+
+def _policy_batch():
+    """Two responses of unequal length (4 and 2 tokens) padded to T' = 4."""
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    advantages = torch.tensor([1.5, -0.5])
+    old_logprobs = torch.log(torch.tensor([[0.5, 0.4, 0.3, 0.2], [0.6, 0.7, 0.1, 0.1]]))
+    return old_logprobs, advantages, mask
+
+
+@pytest.mark.parametrize("name", ["grpo", "dapo"])
+def test_ratio_one_gives_minus_token_weighted_mean_advantage(name):
+    old_logprobs, advantages, mask = _policy_batch()
+    loss, info = get_policy_loss(name)(
+        old_logprobs.clone(), old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.28
+    )
+    lengths = mask.sum(dim=1).float()
+    expected = -(advantages * lengths).sum() / lengths.sum()  # -(1.5*4 - 0.5*2) / 6
+    assert loss.item() == pytest.approx(expected.item())
+    assert info["ratio_mean"] == pytest.approx(1.0)
+    assert info["clip_fraction"] == 0.0 and info["approx_kl"] == pytest.approx(0.0, abs=1e-7)
+    assert info["tokens"] == 6
+
+
+def test_dr_grpo_divides_by_constant_not_by_token_count():
+    old_logprobs, advantages, mask = _policy_batch()
+    common = dict(clip_low=0.2, clip_high=0.2)
+    grpo_loss, _ = get_policy_loss("grpo")(old_logprobs.clone(), old_logprobs, advantages, mask, **common)
+    dr_loss, _ = get_policy_loss("dr_grpo")(old_logprobs.clone(), old_logprobs, advantages, mask, **common)
+    token_sum = -(1.5 * 4 - 0.5 * 2)
+    assert grpo_loss.item() == pytest.approx(token_sum / 6)
+    assert dr_loss.item() == pytest.approx(token_sum / (2 * 4))
+    assert grpo_loss.item() != pytest.approx(dr_loss.item())
+
+
+def _gradient_at_ratio(ratio: float, advantage: float) -> float:
+    """d loss / d logprob for one token with the DAPO loss at its default clip range."""
+    logprobs = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    loss, _ = get_policy_loss("dapo")(
+        logprobs, torch.zeros(1, 1), torch.tensor([advantage]), torch.ones(1, 1), clip_low=0.2, clip_high=0.28
+    )
+    loss.backward()
+    return logprobs.grad.item()
+
+
+def test_dapo_clipping_engages_exactly_at_its_bounds():
+    # Positive advantage: the ratio may rise to 1.28, no further.
+    assert _gradient_at_ratio(1.27, 1.0) == pytest.approx(-1.27, rel=1e-5)
+    assert _gradient_at_ratio(1.29, 1.0) == 0.0
+    # Positive advantage below the lower bound still learns (clipping is one-sided).
+    assert _gradient_at_ratio(0.7, 1.0) == pytest.approx(-0.7, rel=1e-5)
+    # Negative advantage: the ratio may fall to 0.8, no further.
+    assert _gradient_at_ratio(0.81, -1.0) == pytest.approx(0.81, rel=1e-5)
+    assert _gradient_at_ratio(0.79, -1.0) == 0.0
+    assert _gradient_at_ratio(1.5, -1.0) == pytest.approx(1.5, rel=1e-5)
+
+
+def test_clip_fraction_and_kl_report_the_clipped_tokens():
+    old = torch.zeros(1, 4)
+    logprobs = torch.log(torch.tensor([[1.0, 1.1, 1.35, 1.5]]))
+    loss, info = get_policy_loss("dapo")(
+        logprobs, old, torch.tensor([1.0]), torch.ones(1, 4), clip_low=0.2, clip_high=0.28
+    )
+    assert info["clip_fraction"] == pytest.approx(0.5)
+    ratios = torch.tensor([1.0, 1.1, 1.35, 1.5])
+    assert info["approx_kl"] == pytest.approx((ratios - 1 - ratios.log()).mean().item(), rel=1e-5)
+    assert info["ratio_mean"] == pytest.approx(ratios.mean().item(), rel=1e-6)
+    assert info["loss"] == pytest.approx(-(1.0 + 1.1 + 1.28 + 1.28) / 4, rel=1e-6)
+
+
+def test_padding_garbage_does_not_leak_into_the_loss():
+    old_logprobs, advantages, mask = _policy_batch()
+    logprobs = old_logprobs.clone()
+    logprobs[1, 2:] = float("-inf")
+    reference, _ = get_policy_loss("grpo")(
+        old_logprobs.clone(), old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.2
+    )
+    loss, info = get_policy_loss("grpo")(
+        logprobs, old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.2
+    )
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(reference.item())
+
+
+def test_policy_loss_token_scale_gives_global_mean_over_ranks():
+    old_logprobs, advantages, mask = _policy_batch()
+    logprobs = old_logprobs + torch.tensor([[0.1, -0.05, 0.2, 0.0], [0.03, -0.1, 0.0, 0.0]])
+    loss_fn = get_policy_loss("grpo")
+    full, _ = loss_fn(logprobs, old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.2)
+    total = int(mask.sum())
+    per_rank = [
+        loss_fn(
+            logprobs[i : i + 1],
+            old_logprobs[i : i + 1],
+            advantages[i : i + 1],
+            mask[i : i + 1],
+            clip_low=0.2,
+            clip_high=0.2,
+            token_scale=int(mask[i].sum()) * 2 / total,
+        )[0].item()
+        for i in range(2)
+    ]
+    assert sum(per_rank) / 2 == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_policy_loss_rejects_bad_inputs():
+    old_logprobs, advantages, mask = _policy_batch()
+    loss_fn = get_policy_loss("dapo")
+    with pytest.raises(ValueError, match="advantages"):
+        loss_fn(old_logprobs, old_logprobs, advantages[:1], mask, clip_low=0.2, clip_high=0.28)
+    with pytest.raises(ValueError, match="mask"):
+        loss_fn(old_logprobs, old_logprobs, advantages, mask[:, :2], clip_low=0.2, clip_high=0.28)
+    with pytest.raises(ValueError, match="clip_low"):
+        loss_fn(old_logprobs, old_logprobs, advantages, mask, clip_low=1.0, clip_high=0.28)
+
+
+def test_positive_advantage_raises_sampled_token_logprob_after_one_sgd_step():
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(VOCAB, 8)
+    head = torch.nn.Linear(8, VOCAB)
+    parameters = list(embedding.parameters()) + list(head.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=0.5)
+    input_ids = torch.tensor([[1, 4, 2, 6, 3], [5, 0, 3, 3, 1]])
+    mask = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 0]])  # response tokens after a one-token prompt
+    advantages = torch.tensor([1.0, -1.0])
+
+    def logprobs_now() -> torch.Tensor:
+        return token_logprobs(head(embedding(input_ids)), input_ids)
+
+    old = logprobs_now().detach()
+    loss, _ = get_policy_loss("grpo")(logprobs_now(), old, advantages, mask, clip_low=0.2, clip_high=0.2)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        new = logprobs_now()
+    sequence_change = ((new - old) * mask).sum(dim=1)
+    assert sequence_change[0] > 0  # rewarded sample became more likely
+    assert sequence_change[1] < 0  # penalised sample became less likely
+
+
+# ---------------------------------------------------------------- advantages and dynamic sampling
+
+
+def test_advantages_are_zero_mean_per_group_and_dr_grpo_is_not_scaled():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
+    for name in ("grpo", "dapo", "dr_grpo"):
+        advantages = get_advantage_estimator(name)(rewards)
+        assert advantages.shape == rewards.shape
+        torch.testing.assert_close(advantages.mean(dim=1), torch.zeros(3), atol=1e-6, rtol=0)
+    grpo = get_advantage_estimator("grpo")(rewards)
+    torch.testing.assert_close(grpo[:2].std(dim=1), torch.ones(2), atol=1e-4, rtol=0)
+    assert torch.all(grpo[2] == 0)  # constant group: no signal, no NaN
+    dr_grpo = get_advantage_estimator("dr_grpo")(rewards)
+    torch.testing.assert_close(dr_grpo[0], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    torch.testing.assert_close(get_advantage_estimator("dapo")(rewards), grpo)
+
+
+def test_advantages_reject_bad_rewards():
+    with pytest.raises(ValueError, match="num_groups"):
+        get_advantage_estimator("grpo")(torch.zeros(4))
+    with pytest.raises(ValueError, match="row\\) 1"):
+        get_advantage_estimator("grpo")(torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]))
+
+
+def test_dynamic_sampling_drops_constant_groups():
+    rewards = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.2]])
+    keep = keep_informative_groups(rewards)
+    assert keep.dtype == torch.bool
+    assert keep.tolist() == [False, True, False, True]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _brute_force_pass_at_k(n: int, c: int, k: int) -> float:
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(samples, k))
+    return sum(any(subset) for subset in subsets) / len(subsets)
+
+
+def test_pass_at_k_matches_brute_force_combinatorics():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(_brute_force_pass_at_k(n, c, k), abs=1e-12)
+    with pytest.raises(ValueError, match="k must be"):
+        pass_at_k(4, 1, 5)
+    with pytest.raises(ValueError, match="c \\(correct"):
+        pass_at_k(4, 5, 1)
+
+
+def test_avg_at_k_and_summary():
+    scores = [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [True, True, True, False]]
+    assert avg_at_k(scores) == pytest.approx((0.5 + 0.0 + 0.75) / 3)
+    summary = summarize_eval(scores, ks=(1, 2))
+    assert summary["avg@k"] == pytest.approx(avg_at_k(scores))
+    assert summary["pass@1"] == pytest.approx(avg_at_k(scores))
+    assert summary["pass@2"] == pytest.approx((_brute_force_pass_at_k(4, 2, 2) + 0.0 + 1.0) / 3)
+    assert summary["n_prompts"] == 3 and summary["samples_per_prompt"] == 4
+    with pytest.raises(ValueError, match="prompt 1"):
+        summarize_eval([[1.0, 0.0], [1.0]], ks=(2,))
+    with pytest.raises(ValueError, match="prompt 0, sample 1"):
+        avg_at_k([[1.0, 2.0]])
+
+
+# ---------------------------------------------------------------- registries
+
+
+def test_rl_objectives_map_to_registered_functions():
+    advantage_fn, loss_fn, dynamic = rl_objective("dapo")
+    assert advantage_fn is ADVANTAGE_ESTIMATORS["dapo"] and loss_fn is POLICY_LOSSES["dapo"] and dynamic
+    for name in ("grpo", "dr_grpo"):
+        objective = rl_objective(name)
+        assert objective.loss_fn is POLICY_LOSSES[name] and not objective.uses_dynamic_sampling
+
+
+def test_unknown_names_give_a_clear_error():
+    with pytest.raises(ValueError, match="unknown policy loss 'ppo'.*dapo, dr_grpo, grpo"):
+        get_policy_loss("ppo")
+    with pytest.raises(ValueError, match="unknown advantage estimator 'gae'.*dapo, dr_grpo, grpo"):
+        get_advantage_estimator("gae")
+    with pytest.raises(ValueError, match="unknown RL objective 'reinforce'"):
+        rl_objective("reinforce")
