@@ -123,7 +123,11 @@ class StablePolicy(SwitchPolicy):
         best = min(self.losses)
         in_band = self.losses[-1] <= (1 + self.delta) * best
         if in_band and self._evals_without_progress() >= self.patience:
-            return Decision(self.steps[-1], self.steps[-1], f"plateau for {self.patience} evals, within {self.delta:.0%} of min")
+            return Decision(
+                self.steps[-1],
+                self.steps[-1],
+                f"plateau for {self.patience} evals, within {self.delta:.0%} of min",
+            )
         return None
 
 

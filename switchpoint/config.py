@@ -239,9 +239,21 @@ CHOICES = {
     "rl.algorithm": ("dapo", "grpo", "dr_grpo"),
 }
 POSITIVE = (
-    "learner.num_ranks", "sft.batch_size", "sft.eval_every", "rl.prompts_per_step", "rl.group_size",
-    "rl.max_gen_rounds", "rl.eval_every", "rollout.num_workers", "rollout.max_tokens", "verifier.num_workers",
-    "verifier.timeout_s", "eval.samples", "eval.max_prompts", "data.max_len", "learner.lr",
+    "learner.num_ranks",
+    "sft.batch_size",
+    "sft.eval_every",
+    "rl.prompts_per_step",
+    "rl.group_size",
+    "rl.max_gen_rounds",
+    "rl.eval_every",
+    "rollout.num_workers",
+    "rollout.max_tokens",
+    "verifier.num_workers",
+    "verifier.timeout_s",
+    "eval.samples",
+    "eval.max_prompts",
+    "data.max_len",
+    "learner.lr",
 )
 
 
@@ -274,8 +286,10 @@ def _build(cls, raw: dict, prefix: str = ""):
     known = {f.name for f in dataclasses.fields(cls)}
     for k in raw:
         if k not in known:
-            raise ConfigError(f"unknown config key {prefix + str(k)!r}; known under {prefix or 'top level'}: "
-                              f"{', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown config key {prefix + str(k)!r}; known under {prefix or 'top level'}: "
+                f"{', '.join(sorted(known))}"
+            )
     kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in raw.items()}
     return cls(**kwargs)
 
@@ -291,10 +305,14 @@ def _validate(cfg: Config) -> Config:
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"config key 'learner.zero_stage' must be 0-3, got {cfg.learner.zero_stage}")
     if cfg.sft.batch_size % cfg.learner.num_ranks:
-        raise ConfigError(f"config key 'sft.batch_size' ({cfg.sft.batch_size}) must divide evenly over "
-                          f"learner.num_ranks ({cfg.learner.num_ranks})")
+        raise ConfigError(
+            f"config key 'sft.batch_size' ({cfg.sft.batch_size}) must divide evenly over "
+            f"learner.num_ranks ({cfg.learner.num_ranks})"
+        )
     if cfg.rl.algorithm == "dapo" and not (0 < cfg.rl.clip_low < 1 and cfg.rl.clip_high > 0):
-        raise ConfigError("config keys 'rl.clip_low'/'rl.clip_high' must satisfy 0 < clip_low < 1 and clip_high > 0")
+        raise ConfigError(
+            "config keys 'rl.clip_low'/'rl.clip_high' must satisfy 0 < clip_low < 1 and clip_high > 0"
+        )
     if cfg.data.source == "files":
         for key in ("sft_train_path", "sft_val_path", "rl_path", "eval_path"):
             if not getattr(cfg.data, key):
@@ -370,4 +388,13 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-__all__ = ["Config", "ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "parse_overrides", "get_key"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "dump_yaml",
+    "parse_overrides",
+    "get_key",
+]

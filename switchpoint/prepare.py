@@ -41,13 +41,21 @@ def ensure_model(cfg: Config) -> str:
         from switchpoint.tiny_model import build_tiny_model
 
         t = cfg.model.tiny
-        build_tiny_model(path, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-                         num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
-                         num_key_value_heads=t.num_attention_heads,
-                         max_position_embeddings=t.max_position_embeddings, seed=cfg.run.seed)
+        build_tiny_model(
+            path,
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_hidden_layers,
+            num_attention_heads=t.num_attention_heads,
+            num_key_value_heads=t.num_attention_heads,
+            max_position_embeddings=t.max_position_embeddings,
+            seed=cfg.run.seed,
+        )
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ConfigError(f"model folder {path} has no config.json: not a Hugging Face model folder "
-                          "(config key 'model.path')")
+        raise ConfigError(
+            f"model folder {path} has no config.json: not a Hugging Face model folder "
+            "(config key 'model.path')"
+        )
     return path
 
 
@@ -55,10 +63,18 @@ def _synthetic_paths(cfg: Config) -> dict[str, str]:
     from switchpoint.synthetic import write_splits
 
     d = cfg.data
-    knobs = {"difficulty": d.difficulty, "n_sft_train": d.n_sft_train, "n_sft_val": d.n_sft_val, "n_rl": d.n_rl,
-             "n_eval": d.n_eval, "seed": cfg.run.seed}
+    knobs = {
+        "difficulty": d.difficulty,
+        "n_sft_train": d.n_sft_train,
+        "n_sft_val": d.n_sft_val,
+        "n_rl": d.n_rl,
+        "n_eval": d.n_eval,
+        "seed": cfg.run.seed,
+    }
     # One folder per knob setting, so changing a knob never reuses stale files.
-    folder = os.path.join(d.dir, "d{difficulty}_n{n_sft_train}_v{n_sft_val}_r{n_rl}_e{n_eval}_s{seed}".format(**knobs))
+    folder = os.path.join(
+        d.dir, "d{difficulty}_n{n_sft_train}_v{n_sft_val}_r{n_rl}_e{n_eval}_s{seed}".format(**knobs)
+    )
     manifest = os.path.join(folder, "manifest.json")
     if not os.path.isfile(manifest):
         return write_splits(folder, **knobs)
@@ -71,12 +87,23 @@ def load_splits(cfg: Config) -> tuple[Splits, dict[str, str]]:
     if cfg.data.source == "synthetic":
         paths = _synthetic_paths(cfg)
     else:
-        paths = {"sft_train": cfg.data.sft_train_path, "sft_val": cfg.data.sft_val_path, "rl": cfg.data.rl_path,
-                 "eval": cfg.data.eval_path}
-    columns = {"prompt": cfg.data.columns.prompt, "response": cfg.data.columns.response,
-               "answer": cfg.data.columns.answer}
-    need = {"sft_train": ("prompt", "response"), "sft_val": ("prompt", "response"), "rl": ("prompt", "answer"),
-            "eval": ("prompt", "answer")}
+        paths = {
+            "sft_train": cfg.data.sft_train_path,
+            "sft_val": cfg.data.sft_val_path,
+            "rl": cfg.data.rl_path,
+            "eval": cfg.data.eval_path,
+        }
+    columns = {
+        "prompt": cfg.data.columns.prompt,
+        "response": cfg.data.columns.response,
+        "answer": cfg.data.columns.answer,
+    }
+    need = {
+        "sft_train": ("prompt", "response"),
+        "sft_val": ("prompt", "response"),
+        "rl": ("prompt", "answer"),
+        "eval": ("prompt", "answer"),
+    }
     rows = {}
     for name, path in paths.items():
         cols = {k: v for k, v in columns.items() if k in need[name]}

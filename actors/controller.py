@@ -1,0 +1,315 @@
+"""Controller: the run's state machine (a named Ray actor, one per run).
+
+SFT until the switch policy fires, then the hot swap (same learner processes and weights, objective set to RL,
+weights synced into the live vLLM engines), then RL with verifier rewards. It is the only place that knows the
+order of things; it writes the run folder as it goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import ray
+
+from actors.learner import LearnerGroup
+from actors.rl_step import RLStepper
+from actors.rollout import RolloutWorker
+from actors.run_folder import RunFolder
+from actors.verifier import VerifierPool
+from actors.weight_sync import make_weight_sync
+from plasticity.flops import sft_step_flops
+from plasticity.regimes import make_policy, online_regime
+from switchpoint.config import Config, from_dict
+from switchpoint.data import tokenize_sft_with_stats
+from switchpoint.prepare import ensure_model, load_splits
+
+
+class Controller:
+    def __init__(self, cfg_dict: dict, run_dir: str):
+        self.cfg: Config = from_dict(cfg_dict)
+        self.run_dir = run_dir
+        self.state = {
+            "phase": "starting",
+            "step": 0,
+            "sft_max_steps": self.cfg.sft.max_steps,
+            "rl_steps": self.cfg.rl.steps,
+            "started": time.time(),
+            "last": {},
+        }
+        self.stop_requested = False
+
+    # ---- what the driver polls -------------------------------------------------------------------------------
+    def status(self) -> dict:
+        return dict(self.state, elapsed=time.time() - self.state["started"])
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def _phase(self, phase: str, **last) -> None:
+        self.state["phase"] = phase
+        self.state["last"].update(last)
+
+    # ---- the run ---------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, t_start = self.cfg, time.time()
+        self.folder = RunFolder(self.run_dir, cfg)
+        try:
+            return self._run(t_start)
+        finally:
+            self.folder.close()
+            self._shutdown()
+
+    def _setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        cfg = self.cfg
+        self._phase("preparing data and model")
+        model_path = ensure_model(cfg)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.splits, paths = load_splits(cfg)
+        with open(os.path.join(model_path, "config.json")) as f:
+            self.hf_config = json.load(f)
+        tok = dict(max_len=cfg.data.max_len, prompt_template=cfg.data.prompt_template)
+        self.sft_train, stats = tokenize_sft_with_stats(self.splits.sft_train, self.tokenizer, **tok)
+        self.sft_val, _ = tokenize_sft_with_stats(self.splits.sft_val, self.tokenizer, **tok)
+        self.data_info = {
+            "paths": paths,
+            "sft_train": len(self.sft_train),
+            "sft_val": len(self.sft_val),
+            "rl": len(self.splits.rl),
+            "eval": len(self.splits.eval),
+            "truncated": stats.n_truncated,
+        }
+
+        self._phase("starting actors")
+        max_len = int(self.hf_config.get("max_position_embeddings", 2048))
+        worker_cls = ray.remote(num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker)(
+            RolloutWorker
+        )
+        self.workers = [
+            worker_cls.remote(model_path, cfg.rollout, max_len, cfg.model.dtype, cfg.run.seed + i)
+            for i in range(cfg.rollout.num_workers)
+        ]
+        self.verifier = VerifierPool(
+            cfg.verifier.num_workers, cfg.verifier.kind, cfg.verifier.timeout_s, cfg.verifier.cpus_per_worker
+        )
+        self.learner = LearnerGroup(model_path, cfg.learner, cfg.model.dtype, cfg.run.seed)
+        self.worker_info = ray.get([w.ready.remote() for w in self.workers])
+        self.sync = make_weight_sync(cfg.rollout.weight_sync, self.run_dir)
+        self.stepper = RLStepper(
+            cfg, self.learner, self.workers, self.verifier, self.tokenizer, self.hf_config, self.splits
+        )
+
+    def _run(self, t_start: float) -> dict:
+        cfg = self.cfg
+        self._setup()
+        setup_seconds = time.time() - t_start
+        t_sft = time.time()
+        decision, sft_flops, val_losses = self._sft()
+        summary = {
+            "run_name": os.path.basename(self.run_dir),
+            "policy": cfg.switch.policy,
+            "data": self.data_info,
+            "setup_seconds": setup_seconds,
+            "sft_seconds": time.time() - t_sft,
+            "sft_val_losses": val_losses,
+            "switch": None,
+            "accuracy": {"at_switch": None, "final": None},
+            "optimizer_reset_at_switch": cfg.learner.reset_optimizer_at_switch,
+        }
+        if decision is not None and not self.stop_requested:
+            summary["switch"] = self._switch(decision, val_losses, time.time() - t_start)
+            acc0 = self._eval(summary["switch"]["step"], sft_flops)
+            summary["accuracy"]["at_switch"] = acc0["accuracy"]
+            summary["eval_at_switch"] = acc0
+            final = self._rl(summary["switch"]["step"], sft_flops, acc0)
+            summary["accuracy"]["final"] = final["accuracy"]
+            summary["eval_final"] = final
+            summary["rl_timing_mean"] = self.stepper.mean_timing()
+        final_dir = os.path.join(self.run_dir, "checkpoints", "final")
+        self.learner.save_hf(final_dir)
+        summary["final_checkpoint"] = final_dir
+        summary["wall_seconds"] = time.time() - t_start
+        summary["stopped_early"] = self.stop_requested
+        self.folder.write_json("summary.json", summary)
+        summary["plot"] = self.folder.plot(summary, cfg.switch.delta, cfg.switch.delta2)
+        self.folder.write_json("summary.json", summary)
+        self._phase("done")
+        return summary
+
+    # ---- SFT -------------------------------------------------------------------------------------------------
+    def _batches(self):
+        rng = random.Random(self.cfg.run.seed)
+        order: list[int] = []
+        while True:
+            if len(order) < self.cfg.sft.batch_size:
+                more = list(range(len(self.sft_train)))
+                rng.shuffle(more)
+                order += more
+            idx, order = order[: self.cfg.sft.batch_size], order[self.cfg.sft.batch_size :]
+            yield [self.sft_train[i] for i in idx]
+
+    @staticmethod
+    def _stack(examples: list[dict]) -> dict:
+        return {
+            "input_ids": [e["input_ids"] for e in examples],
+            "loss_mask": [e["loss_mask"] for e in examples],
+        }
+
+    def _validate(self, step: int, flops: float, policy, val_losses: list) -> object:
+        self._phase("sft: validation")
+        val = self.learner.eval_loss(self._stack(self.sft_val))
+        val_losses.append([step, val])
+        regime = online_regime([v for _, v in val_losses], self.cfg.switch.delta, self.cfg.switch.delta2)
+        self.learner.save_hf(self.folder.checkpoint_path(step))
+        decision = policy.observe(step, val)
+        self.folder.log(
+            {
+                "phase": "sft",
+                "step": step,
+                "val_loss": val,
+                "regime": regime,
+                "flops": flops,
+                "seconds": time.time() - self.state["started"],
+                "checkpoint": os.path.relpath(self.folder.checkpoint_path(step), self.run_dir),
+            }
+        )
+        self.state["last"].update(val_loss=val, regime=regime)
+        return decision
+
+    def _sft(self):
+        cfg = self.cfg
+        policy = make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
+        val_losses: list = []
+        flops = 0.0
+        decision = self._validate(0, flops, policy, val_losses)
+        batches = self._batches()
+        step = 0
+        while decision is None and step < cfg.sft.max_steps and not self.stop_requested:
+            batch = next(batches)
+            global_tokens = sum(sum(e["loss_mask"][1:]) for e in batch)
+            out = self.learner.train_step(self._stack(batch), global_tokens)
+            step += 1
+            mean_len = sum(len(e["input_ids"]) for e in batch) / len(batch)
+            flops += sft_step_flops(self.hf_config, len(batch), mean_len)
+            self.state.update(phase="sft", step=step)
+            self.state["last"].update(loss=out["loss"])
+            row = {
+                "phase": "sft",
+                "step": step,
+                "loss": out["loss"],
+                "tokens": int(global_tokens),
+                "flops": flops,
+                "lr": out["lr"],
+                "grad_norm": out["grad_norm"],
+                "seconds": time.time() - self.state["started"],
+            }
+            if step % cfg.sft.eval_every == 0 or step == cfg.sft.max_steps:
+                self.folder.log(row)
+                decision = self._validate(step, flops, policy, val_losses)
+            else:
+                self.folder.log(row)
+        if decision is None and cfg.switch.policy != "never" and not self.stop_requested:
+            from plasticity.regimes import Decision
+
+            decision = Decision(step, step, f"SFT budget sft.max_steps={cfg.sft.max_steps} reached")
+        return decision, flops, val_losses
+
+    # ---- the hot swap ----------------------------------------------------------------------------------------
+    def _switch(self, decision, val_losses: list, at_seconds: float) -> dict:
+        cfg = self.cfg
+        self._phase("switching to RL")
+        t0 = time.perf_counter()
+        if decision.from_step != val_losses[-1][0]:
+            self.learner.load_hf(self.folder.checkpoint_path(decision.from_step))
+        rl = {
+            "algorithm": cfg.rl.algorithm,
+            "clip_low": cfg.rl.clip_low,
+            "clip_high": cfg.rl.clip_high,
+            "lr": cfg.learner.rl_lr or cfg.learner.lr,
+            "max_tokens": cfg.rollout.max_tokens,
+        }
+        self.learner.set_objective("rl", rl, reset_optimizer=cfg.learner.reset_optimizer_at_switch)
+        sync = self.sync.sync(self.learner, self.workers, decision.from_step)
+        losses = [v for s, v in val_losses if s <= decision.from_step]
+        switch = {
+            "step": decision.from_step,
+            "decided_at_step": decision.step,
+            "reason": decision.reason,
+            "policy": cfg.switch.policy,
+            "val_loss": losses[-1],
+            "regime": online_regime(losses, cfg.switch.delta, cfg.switch.delta2),
+            "seconds": time.perf_counter() - t0,
+            "sync_seconds": sync["seconds"],
+            "at_seconds": at_seconds,
+            "weight_sync": self.sync.name,
+            "restarted_actors": 0,
+        }
+        self.folder.log(
+            {
+                "phase": "switch",
+                "step": decision.from_step,
+                "val_loss": switch["val_loss"],
+                "regime": switch["regime"],
+                "seconds": time.time() - self.state["started"],
+                "switch_seconds": switch["seconds"],
+            }
+        )
+        self.state["last"].update(switch_step=decision.from_step, switch_regime=switch["regime"])
+        return switch
+
+    # ---- RL --------------------------------------------------------------------------------------------------
+    def _eval(self, step: int, flops: float) -> dict:
+        self._phase("held-out eval")
+        res = self.stepper.evaluate()
+        self.folder.log(
+            {
+                "phase": "rl",
+                "step": step,
+                "flops": flops,
+                "seconds": time.time() - self.state["started"],
+                **{k: v for k, v in res.items() if k != "per_prompt"},
+            }
+        )
+        self.state["last"].update(accuracy=res["accuracy"])
+        return res
+
+    def _rl(self, switch_step: int, flops: float, last_eval: dict) -> dict:
+        cfg = self.cfg
+        for i in range(1, cfg.rl.steps + 1):
+            if self.stop_requested:
+                break
+            self.state.update(phase="rl", step=i)
+            row = self.stepper.step(i)
+            sync = self.sync.sync(self.learner, self.workers, switch_step + i)
+            row["timing"]["weight_sync"] = sync["seconds"]
+            self.stepper.record_sync(sync["seconds"])
+            flops += row.pop("step_flops")
+            row.update(
+                phase="rl",
+                step=switch_step + i,
+                rl_step=i,
+                flops=flops,
+                seconds=time.time() - self.state["started"],
+            )
+            if i % cfg.rl.eval_every == 0 or i == cfg.rl.steps:
+                self.folder.log(row)
+                last_eval = self._eval(switch_step + i, flops)
+            else:
+                self.folder.log(row)
+            self.state["last"].update(reward=row.get("reward_mean"), loss=row.get("loss"))
+        return last_eval
+
+    def _shutdown(self) -> None:
+        for name in ("learner", "verifier"):
+            obj = getattr(self, name, None)
+            if obj is not None:
+                try:
+                    obj.shutdown()
+                except Exception:
+                    pass
+        for w in getattr(self, "workers", []):
+            ray.kill(w)

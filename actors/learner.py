@@ -1,0 +1,351 @@
+"""LearnerGroup: N DeepSpeed ranks as Ray actors in one placement group.
+
+The objective is an argument of train_step, so the SFT -> RL switch changes the loss on the same processes
+and the same weights; nothing is restarted. gloo on CPU, NCCL on GPU; ZeRO stage from the config.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from switchpoint.config import LearnerConfig
+
+
+def _pad(seqs: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, : len(s)] = 1
+    return ids, attn
+
+
+def _mask(masks: list[list[int]], width: int):
+    import torch
+
+    out = torch.zeros((len(masks), width), dtype=torch.float32)
+    for i, m in enumerate(masks):
+        out[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
+    return out
+
+
+class LearnerRank:
+    """One DeepSpeed data-parallel rank."""
+
+    def __init__(
+        self, rank: int, world_size: int, model_path: str, cfg: LearnerConfig, dtype: str, seed: int
+    ):
+        self.rank, self.world_size, self.model_path, self.cfg = rank, world_size, model_path, cfg
+        self.dtype_name, self.seed = dtype, seed
+        self.objective = "sft"
+        self.rl = {}
+
+    def node_address(self) -> tuple[str, int]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1" if not ray.get_gpu_ids() else "", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int) -> dict:
+        import deepspeed
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(self.cfg.torch_threads)
+        torch.manual_seed(self.seed)
+        self.on_gpu = torch.cuda.is_available() and bool(ray.get_gpu_ids())
+        os.environ.update(
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK="0",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", auto_mpi_discovery=False)
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+            self.dtype_name, torch.bfloat16 if self.on_gpu else torch.float32
+        )
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1,  # we feed whole shards; DeepSpeed only needs a consistent value
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": self.cfg.grad_clip,
+            "zero_optimization": {"stage": self.cfg.zero_stage},
+            # torch_adam avoids DeepSpeed's FusedAdam JIT build (~70 s on CPU).
+            "optimizer": {
+                "type": "AdamW",
+                "params": {"lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay, "torch_adam": True},
+            },
+            "bf16": {"enabled": dtype == torch.bfloat16},
+            "fp16": {"enabled": dtype == torch.float16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), config=ds_config
+        )
+        self.device = self.engine.device
+        self.sft_step = 0
+        return {
+            "rank": self.rank,
+            "device": str(self.device),
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+
+    # ---- objective -------------------------------------------------------------------------------------------
+    def set_objective(self, objective: str, rl: dict | None = None, reset_optimizer: bool = False) -> None:
+        """Switch the loss on this live engine. rl holds algorithm, clip_low, clip_high, lr, max_tokens."""
+        self.objective, self.rl = objective, dict(rl or {})
+        if reset_optimizer:
+            inner = getattr(self.optimizer, "optimizer", self.optimizer)
+            inner.state.clear()  # AdamW re-creates its moments lazily on the next step
+        if objective == "rl" and self.rl.get("lr"):
+            self._set_lr(self.rl["lr"])
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    # ---- training --------------------------------------------------------------------------------------------
+    def _forward(self, input_ids, attention_mask):
+        return self.engine(
+            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
+        ).logits
+
+    def train_step(self, shard: dict, global_count: float) -> dict:
+        """One optimizer step on this rank's shard. global_count is the normaliser summed over all ranks
+        (response tokens for SFT/GRPO/DAPO, sequences for Dr.GRPO), so the loss is an exact global mean."""
+        import torch
+
+        from trainers import sft_loss, token_logprobs
+        from trainers.objectives import rl_objective
+
+        t0 = time.perf_counter()
+        self.engine.train()
+        ids, attn = _pad(shard["input_ids"], self.pad_id)
+        mask = _mask(shard["loss_mask"], ids.shape[1]).to(self.device)
+        ids = ids.to(self.device)
+        if self.objective == "sft":
+            warm = max(1, self.cfg.warmup_steps)
+            self._set_lr(self.cfg.lr * min(1.0, (self.sft_step + 1) / warm))
+            n_local = float(mask[:, 1:].sum())
+            logits = self._forward(ids, attn)
+            loss, info = sft_loss(logits, ids, mask, token_scale=n_local * self.world_size / global_count)
+            self.sft_step += 1
+        else:
+            _, loss_fn, _ = rl_objective(self.rl["algorithm"])
+            resp_mask = mask[:, 1:]
+            with torch.no_grad():
+                old = token_logprobs(self._forward(ids, attn).float(), ids)
+            new = token_logprobs(self._forward(ids, attn).float(), ids)
+            adv = torch.tensor(shard["advantages"], dtype=torch.float32, device=self.device)
+            if self.rl["algorithm"] == "dr_grpo":
+                # Dr.GRPO divides by a constant (sequences x max generation length), not by tokens seen.
+                scale = (
+                    len(ids) * resp_mask.shape[1] * self.world_size / (global_count * self.rl["max_tokens"])
+                )
+            else:
+                scale = float(resp_mask.sum()) * self.world_size / global_count
+            loss, info = loss_fn(
+                new,
+                old,
+                adv,
+                resp_mask,
+                clip_low=self.rl["clip_low"],
+                clip_high=self.rl["clip_high"],
+                token_scale=scale,
+            )
+        self.engine.backward(loss)
+        self.engine.step()
+        info = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in info.items()}
+        info["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        info["lr"] = self.optimizer.param_groups[0]["lr"]
+        info["seconds"] = time.perf_counter() - t0
+        return info
+
+    def eval_loss(self, shard: dict) -> tuple[float, float]:
+        """(summed response-token NLL, token count) on this rank's shard of the validation set."""
+        import torch
+        import torch.nn.functional as F
+
+        self.engine.eval()
+        total, count = 0.0, 0.0
+        with torch.no_grad():
+            for i in range(0, len(shard["input_ids"]), 64):
+                ids, attn = _pad(shard["input_ids"][i : i + 64], self.pad_id)
+                mask = _mask(shard["loss_mask"][i : i + 64], ids.shape[1])[:, 1:].to(self.device)
+                ids = ids.to(self.device)
+                logits = self._forward(ids, attn)[:, :-1].float()
+                nll = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+                )
+                total += float((nll.view_as(mask) * mask).sum())
+                count += float(mask.sum())
+        return total, count
+
+    # ---- weights ---------------------------------------------------------------------------------------------
+    def _full_state_dict(self) -> dict:
+        import deepspeed
+
+        params = list(self.engine.module.named_parameters())
+        if self.cfg.zero_stage == 3:
+            # Every rank must take part in the gather; only rank 0 keeps the result.
+            with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
+                return {n: p.detach().cpu().clone() for n, p in params} if self.rank == 0 else {}
+        return {n: p.detach().cpu().clone() for n, p in params} if self.rank == 0 else {}
+
+    def get_weights(self) -> dict | None:
+        """Full weights (name -> CPU tensor) on rank 0, None elsewhere."""
+        sd = self._full_state_dict()
+        return sd if self.rank == 0 else None
+
+    def save_hf(self, path: str) -> str | None:
+        """Save a Hugging Face checkpoint (model + tokenizer) from rank 0."""
+        import shutil
+
+        sd = self._full_state_dict()
+        if self.rank != 0:
+            return None
+        os.makedirs(path, exist_ok=True)
+        self.engine.module.save_pretrained(path, state_dict=sd, safe_serialization=True)
+        for name in os.listdir(self.model_path):
+            if name.startswith(
+                ("tokenizer", "special_tokens", "generation_config", "vocab", "merges", "chat_template")
+            ):
+                src = os.path.join(self.model_path, name)
+                if os.path.isfile(src):
+                    shutil.copy(src, os.path.join(path, name))
+        return path
+
+    def load_hf(self, path: str) -> None:
+        """Load weights from a Hugging Face checkpoint into the live engine (rollback to a branch point)."""
+        import deepspeed
+        from safetensors.torch import load_file
+
+        files = [f for f in os.listdir(path) if f.endswith(".safetensors")]
+        if not files:
+            raise FileNotFoundError(f"no .safetensors weights in checkpoint folder {path}")
+        sd = {}
+        for f in files:
+            sd.update(load_file(os.path.join(path, f)))
+        params = dict(self.engine.module.named_parameters())
+        ctx = (
+            deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0)
+            if self.cfg.zero_stage == 3
+            else _nullcontext()
+        )
+        with ctx:
+            for n, p in params.items():
+                if n in sd:
+                    p.data.copy_(sd[n].to(p.dtype))
+        if self.cfg.zero_stage in (1, 2):
+            # ZeRO 1/2 keep fp32 master partitions; refresh them from the module weights.
+            opt = self.optimizer
+            if hasattr(opt, "refresh_fp32_params"):
+                opt.refresh_fp32_params()
+
+    def greedy_generate(
+        self, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int
+    ) -> list[list[int]]:
+        """Greedy completions by the learner's own weights (rank 0), for the weight-sync equality check."""
+        import torch
+
+        self.engine.eval()
+        out = []
+        with torch.no_grad():
+            for ids in prompt_ids:
+                x = torch.tensor([ids], device=self.device)
+                gen = []
+                for _ in range(max_new_tokens):
+                    nxt = int(self.engine.module(input_ids=x).logits[0, -1].argmax())
+                    gen.append(nxt)
+                    if nxt == eos_id:
+                        break
+                    x = torch.cat([x, torch.tensor([[nxt]], device=self.device)], dim=1)
+                out.append(gen)
+        return out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+class LearnerGroup:
+    """N LearnerRank actors in one placement group; calls fan out to all ranks."""
+
+    def __init__(self, model_path: str, cfg: LearnerConfig, dtype: str = "auto", seed: int = 0):
+        n = cfg.num_ranks
+        bundle = {"CPU": cfg.cpus_per_rank}
+        if cfg.gpus_per_rank:
+            bundle["GPU"] = cfg.gpus_per_rank
+        self.pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
+        ray.get(self.pg.ready(), timeout=300)
+        actor_cls = ray.remote(LearnerRank)
+        self.ranks = [
+            actor_cls.options(
+                num_cpus=cfg.cpus_per_rank,
+                num_gpus=cfg.gpus_per_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(cfg.torch_threads)}},
+            ).remote(i, n, model_path, cfg, dtype, seed)
+            for i in range(n)
+        ]
+        addr, port = ray.get(self.ranks[0].node_address.remote())
+        self.info = ray.get([r.setup.remote(addr, port) for r in self.ranks])
+        self.world_size = n
+
+    def shard(self, batch: dict) -> list[dict]:
+        """Round-robin split of a batch of per-sequence lists over the ranks."""
+        return [{k: v[i :: self.world_size] for k, v in batch.items()} for i in range(self.world_size)]
+
+    def train_step(self, batch: dict, global_count: float) -> dict:
+        results = ray.get(
+            [r.train_step.remote(s, global_count) for r, s in zip(self.ranks, self.shard(batch))]
+        )
+        out = dict(results[0])
+        out["loss"] = sum(r["loss"] for r in results)  # each rank's loss is already scaled to the global mean
+        out["seconds"] = max(r["seconds"] for r in results)
+        return out
+
+    def eval_loss(self, batch: dict) -> float:
+        parts = ray.get([r.eval_loss.remote(s) for r, s in zip(self.ranks, self.shard(batch))])
+        return sum(p[0] for p in parts) / max(1.0, sum(p[1] for p in parts))
+
+    def set_objective(self, objective: str, rl: dict | None = None, reset_optimizer: bool = False) -> None:
+        ray.get([r.set_objective.remote(objective, rl, reset_optimizer) for r in self.ranks])
+
+    def get_weights_ref(self) -> ray.ObjectRef:
+        """Object ref of rank 0's full state dict (all ranks run the call, needed for ZeRO-3 gathers)."""
+        refs = [r.get_weights.remote() for r in self.ranks]
+        ray.wait(refs, num_returns=len(refs))
+        return refs[0]
+
+    def save_hf(self, path: str) -> str:
+        return ray.get([r.save_hf.remote(path) for r in self.ranks])[0]
+
+    def load_hf(self, path: str) -> None:
+        ray.get([r.load_hf.remote(path) for r in self.ranks])
+
+    def greedy_generate(
+        self, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int
+    ) -> list[list[int]]:
+        return ray.get(self.ranks[0].greedy_generate.remote(prompt_ids, max_new_tokens, eos_id))
+
+    def shutdown(self) -> None:
+        for r in self.ranks:
+            ray.kill(r)
+        remove_placement_group(self.pg)

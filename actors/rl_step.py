@@ -1,0 +1,187 @@
+"""One RL step (generate -> verify -> advantages -> train) and the held-out evaluation, timed by part.
+
+Used by the Controller; kept apart so the controller file reads as the state machine only.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+
+import ray
+import torch
+
+from plasticity.flops import dapo_step_flops, grpo_step_flops
+from switchpoint.data import format_prompt
+from trainers import rl_objective, summarize_eval
+
+
+class RLStepper:
+    def __init__(self, cfg, learner, workers, verifier, tokenizer, hf_config, splits):
+        self.cfg, self.learner, self.workers, self.verifier = cfg, learner, workers, verifier
+        self.tokenizer, self.hf_config = tokenizer, hf_config
+        self.template = cfg.data.prompt_template
+        self.rl_rows = splits.rl
+        self.eval_rows = splits.eval[: cfg.eval.max_prompts]
+        self.rng = random.Random(cfg.run.seed + 1)
+        self.order: list[int] = []
+        self.advantage_fn, _, self.dynamic_sampling = rl_objective(cfg.rl.algorithm)
+        self.timings: dict[str, list[float]] = defaultdict(list)
+
+    # ---- generation across workers ---------------------------------------------------------------------------
+    def _generate(self, prompts: list[str], n: int, temperature: float, seed: int) -> list[dict]:
+        k = len(self.workers)
+        parts = [prompts[i::k] for i in range(k)]
+        refs = [
+            w.generate.remote(
+                p, n, temperature, self.cfg.rollout.max_tokens, seed + j, self.cfg.rollout.top_p
+            )
+            for j, (w, p) in enumerate(zip(self.workers, parts))
+            if p
+        ]
+        outs = ray.get(refs)
+        merged: list = [None] * len(prompts)
+        for j, out in enumerate(outs):
+            for m, o in enumerate(out):
+                merged[j + m * k] = o
+        return merged
+
+    def _next_prompts(self, count: int) -> list[dict]:
+        rows = []
+        while len(rows) < count:
+            if not self.order:
+                self.order = list(range(len(self.rl_rows)))
+                self.rng.shuffle(self.order)
+            rows.append(self.rl_rows[self.order.pop()])
+        return rows
+
+    def _score(self, outs: list[dict], rows: list[dict]) -> tuple[list[list[float]], dict]:
+        texts, refs = [], []
+        for o, r in zip(outs, rows):
+            for s in o["samples"]:
+                texts.append(s["text"])
+                refs.append(r["answer"])
+        results = self.verifier.score(texts, refs)
+        g = len(outs[0]["samples"]) if outs else 0
+        scores = [[results[i * g + j].score for j in range(g)] for i in range(len(outs))]
+        statuses: dict[str, int] = defaultdict(int)
+        for res in results:
+            statuses[res.status] += 1
+        return scores, dict(statuses)
+
+    # ---- one RL step -----------------------------------------------------------------------------------------
+    def step(self, i: int) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        t_gen = t_ver = 0.0
+        kept_outs, kept_scores, all_scores, statuses = [], [], [], defaultdict(int)
+        generated_prompts = gen_tokens = 0
+        for rnd in range(cfg.rl.max_gen_rounds if self.dynamic_sampling else 1):
+            need = cfg.rl.prompts_per_step - len(kept_outs)
+            rows = self._next_prompts(need if rnd == 0 else max(need, cfg.rl.prompts_per_step // 2))
+            prompts = [format_prompt(r, self.template) for r in rows]
+            t = time.perf_counter()
+            outs = self._generate(
+                prompts, cfg.rl.group_size, cfg.rollout.temperature, cfg.run.seed * 100003 + i * 31 + rnd
+            )
+            t_gen += time.perf_counter() - t
+            t = time.perf_counter()
+            scores, st = self._score(outs, rows)
+            t_ver += time.perf_counter() - t
+            for k, v in st.items():
+                statuses[k] += v
+            generated_prompts += len(rows)
+            gen_tokens += sum(len(s["token_ids"]) for o in outs for s in o["samples"])
+            all_scores += scores
+            for o, s in zip(outs, scores):
+                informative = max(s) != min(s)
+                if (informative or not self.dynamic_sampling) and len(kept_outs) < cfg.rl.prompts_per_step:
+                    kept_outs.append(o)
+                    kept_scores.append(s)
+            if len(kept_outs) >= cfg.rl.prompts_per_step:
+                break
+
+        rewards_all = [x for s in all_scores for x in s]
+        row = {
+            "reward_mean": sum(rewards_all) / len(rewards_all),
+            "groups_kept": len(kept_outs),
+            "prompts_generated": generated_prompts,
+            "gen_tokens": gen_tokens,
+            "verifier_status": dict(statuses),
+        }
+        t_train = 0.0
+        if kept_outs:
+            adv = self.advantage_fn(torch.tensor(kept_scores, dtype=torch.float32))
+            batch = {"input_ids": [], "loss_mask": [], "advantages": []}
+            for o, a in zip(kept_outs, adv.tolist()):
+                p = o["prompt_token_ids"]
+                for s, a_j in zip(o["samples"], a):
+                    batch["input_ids"].append(p + s["token_ids"])
+                    batch["loss_mask"].append([0] * len(p) + [1] * len(s["token_ids"]))
+                    batch["advantages"].append(a_j)
+            if cfg.rl.algorithm == "dr_grpo":
+                global_count = float(len(batch["input_ids"]))
+            else:
+                global_count = float(sum(sum(m[1:]) for m in batch["loss_mask"]))
+            t = time.perf_counter()
+            out = self.learner.train_step(batch, max(global_count, 1.0))
+            t_train = time.perf_counter() - t
+            row.update(
+                loss=out["loss"],
+                clip_fraction=out.get("clip_fraction"),
+                approx_kl=out.get("approx_kl"),
+                grad_norm=out.get("grad_norm"),
+                tokens=int(sum(sum(m) for m in batch["loss_mask"])),
+            )
+        else:
+            row.update(loss=None, skipped="no informative groups")
+        n_seq = max(1, generated_prompts * cfg.rl.group_size)
+        mean_len = (
+            sum(len(o["prompt_token_ids"]) for o in kept_outs) / max(1, len(kept_outs))
+        ) + gen_tokens / n_seq
+        if cfg.rl.algorithm == "dapo":
+            row["step_flops"] = dapo_step_flops(
+                self.hf_config, generated_prompts, len(kept_outs), cfg.rl.group_size, mean_len
+            )
+        else:
+            row["step_flops"] = grpo_step_flops(self.hf_config, len(kept_outs), cfg.rl.group_size, mean_len)
+        total = time.perf_counter() - t0
+        row["timing"] = {
+            "generate": t_gen,
+            "verify": t_ver,
+            "train": t_train,
+            "other": total - t_gen - t_ver - t_train,
+        }
+        row["gen_tokens_per_s"] = gen_tokens / t_gen if t_gen else None
+        for k, v in row["timing"].items():
+            self.timings[k].append(v)
+        self.timings["gen_tokens_per_s"].append(row["gen_tokens_per_s"] or 0.0)
+        return row
+
+    def record_sync(self, seconds: float) -> None:
+        self.timings["weight_sync"].append(seconds)
+
+    def mean_timing(self) -> dict:
+        return {k: sum(v) / len(v) for k, v in self.timings.items() if v}
+
+    # ---- held-out accuracy -----------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        cfg = self.cfg
+        prompts = [format_prompt(r, self.template) for r in self.eval_rows]
+        t = time.perf_counter()
+        outs = self._generate(prompts, cfg.eval.samples, cfg.eval.temperature, seed=cfg.run.seed + 7)
+        scores, statuses = self._score(outs, self.eval_rows)
+        greedy = self._generate(prompts, 1, 0.0, seed=0)
+        g_scores, _ = self._score(greedy, self.eval_rows)
+        summary = summarize_eval(scores, ks=(1, cfg.eval.samples))
+        return {
+            "accuracy": summary["avg@k"],
+            "pass@1": summary["pass@1"],
+            f"pass@{cfg.eval.samples}": summary[f"pass@{cfg.eval.samples}"],
+            "greedy_accuracy": sum(s[0] for s in g_scores) / len(g_scores),
+            "eval_prompts": len(prompts),
+            "eval_samples": cfg.eval.samples,
+            "eval_seconds": time.perf_counter() - t,
+            "eval_status": statuses,
+        }

@@ -1,0 +1,102 @@
+"""RolloutWorker: one vLLM engine in the actor's own process; n samples per prompt with logprobs.
+
+Weights are swapped in place (`reload_weights` through collective_rpc), so the engine is never restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from switchpoint.config import RolloutConfig
+
+
+class RolloutWorker:
+    def __init__(
+        self, model_path: str, cfg: RolloutConfig, max_model_len: int, dtype: str = "auto", seed: int = 0
+    ):
+        # In-process engine: starts in seconds inside a Ray actor and lets collective_rpc reach the model directly.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        import torch
+        from vllm import LLM
+
+        self.on_gpu = torch.cuda.is_available()
+        if dtype == "auto":
+            dtype = "bfloat16" if self.on_gpu else "float32"
+        self.cfg = cfg
+        t0 = time.perf_counter()
+        kwargs = dict(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            enable_prefix_caching=False,
+            enforce_eager=True,
+        )
+        if self.on_gpu:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.start_seconds = time.perf_counter() - t0
+
+    def ready(self) -> dict:
+        return {"start_seconds": self.start_seconds, "eos_token_id": self.tokenizer.eos_token_id}
+
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None = None,
+        top_p: float = 1.0,
+    ) -> list[dict]:
+        """For each prompt: prompt token ids and n completions (token ids, text, sampled-token logprobs)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            logprobs=0 if temperature > 0 else None,
+            seed=seed,
+        )
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        results = []
+        for out in outs:
+            samples = []
+            for c in out.outputs:
+                lps = None
+                if c.logprobs is not None:
+                    lps = [float(step[tok].logprob) for tok, step in zip(c.token_ids, c.logprobs)]
+                samples.append(
+                    {
+                        "token_ids": list(c.token_ids),
+                        "text": c.text,
+                        "logprobs": lps,
+                        "finish_reason": c.finish_reason,
+                    }
+                )
+            results.append({"prompt_token_ids": list(out.prompt_token_ids), "samples": samples})
+        return results
+
+    def greedy(self, prompts: list[str], max_tokens: int) -> list[list[int]]:
+        outs = self.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens)
+        return [o["samples"][0]["token_ids"] for o in outs]
+
+    def load_weights(self, state_dict: dict) -> float:
+        """Swap in weights given as name -> tensor (HF names); returns seconds taken."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state_dict.items())})
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0
+
+    def load_weights_from_path(self, path: str) -> float:
+        """Swap in weights from a saved Hugging Face folder."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0

@@ -1,0 +1,65 @@
+"""The run folder: resolved config, metrics.jsonl, checkpoints, summary.json, plot.png.
+
+Everything a person (or `switchpoint analyze`) looks at after a run lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from switchpoint.config import Config, dump_yaml
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RunFolder:
+    def __init__(self, path: str, cfg: Config):
+        self.path = path
+        os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
+        with open(os.path.join(path, "config.yaml"), "w") as f:
+            f.write(dump_yaml(cfg))
+        self._metrics = open(os.path.join(path, "metrics.jsonl"), "a")
+        self.rows: list[dict] = []
+
+    def log(self, row: dict) -> None:
+        row = _clean(row)
+        self.rows.append(row)
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def checkpoint_path(self, step: int) -> str:
+        return os.path.join(self.path, "checkpoints", f"step_{step:06d}")
+
+    def write_json(self, name: str, data: dict) -> str:
+        path = os.path.join(self.path, name)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(_clean(data), f, indent=2)
+        os.replace(tmp, path)  # never leave a half-written summary behind
+        return path
+
+    def plot(self, summary: dict, delta: float, delta2: float) -> str | None:
+        from plasticity.plots import plot_run
+
+        try:
+            return plot_run(
+                self.rows, summary, os.path.join(self.path, "plot.png"), delta=delta, delta2=delta2
+            )
+        except Exception as e:  # a plotting problem must not lose the run's results
+            with open(os.path.join(self.path, "plot_error.txt"), "w") as f:
+                f.write(f"{time.ctime()}: {type(e).__name__}: {e}\n")
+            return None
+
+    def close(self) -> None:
+        self._metrics.close()

@@ -1,0 +1,150 @@
+"""Start (or join) Ray, create the run's Controller actor, show progress until it finishes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import ray
+
+from switchpoint.config import Config, to_dict
+from switchpoint.prepare import ensure_model, load_splits, resolve_paths
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def init_ray(cfg: Config | None = None) -> None:
+    """Join RAY_ADDRESS when set (a `ray start` head or a `ray job submit` job); else a local Ray on 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    env = {
+        "env_vars": {
+            "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p),
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    }
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
+        return
+    need = 4.0
+    if cfg is not None:
+        need = (
+            cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+            + cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
+            + cfg.verifier.num_workers * cfg.verifier.cpus_per_worker
+            + 1
+        )
+    # Ray's CPU count is a scheduling budget: a small machine oversubscribes its cores rather than deadlock.
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        runtime_env=env,
+        log_to_driver=os.environ.get("SWITCHPOINT_RAY_LOGS") == "1",
+    )
+
+
+def new_run_dir(cfg: Config) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(cfg.run.output_dir, f"{cfg.run.name}-{stamp}")
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(cfg.run.output_dir, f"{cfg.run.name}-{stamp}-{n}")
+    os.makedirs(path)
+    return path
+
+
+def _fmt(v, spec=".4f"):
+    return "-" if v is None else format(v, spec)
+
+
+def _progress_line(s: dict) -> str:
+    last = s.get("last", {})
+    phase = s["phase"]
+    if phase.startswith("sft"):
+        where = f"SFT {s['step']}/{s['sft_max_steps']}"
+    elif phase == "rl":
+        where = f"RL {s['step']}/{s['rl_steps']}"
+    else:
+        where = phase
+    parts = [
+        f"[{s['elapsed']:6.0f}s] {where:<28}",
+        f"loss {_fmt(last.get('loss'))}",
+        f"val {_fmt(last.get('val_loss'))} ({last.get('regime', '-')})",
+    ]
+    if "switch_step" in last:
+        parts.append(f"switched@{last['switch_step']} ({last['switch_regime']})")
+    parts += [
+        f"reward {_fmt(last.get('reward'), '.3f')}",
+        f"held-out acc {_fmt(last.get('accuracy'), '.3f')}",
+    ]
+    return "  ".join(parts)
+
+
+def run_pipeline(cfg: Config, quiet: bool = False) -> tuple[str, dict]:
+    """Run one SFT -> switch -> RL pipeline; returns (run folder, summary)."""
+    from actors.controller import Controller
+
+    cfg = resolve_paths(cfg)
+    # Fail on a bad model path or a bad data row here, before any actor starts.
+    ensure_model(cfg)
+    load_splits(cfg)
+    run_dir = new_run_dir(cfg)
+    init_ray(cfg)
+    name = f"switchpoint-controller-{os.path.basename(run_dir)}"
+    controller = (
+        ray.remote(Controller).options(name=name, num_cpus=0, max_concurrency=4).remote(to_dict(cfg), run_dir)
+    )
+    if not quiet:
+        print(f"run folder: {run_dir}\ncontroller actor: {name}", flush=True)
+    done_ref = controller.run.remote()
+    tty = sys.stdout.isatty()
+    last_line, last_print = "", 0.0
+    try:
+        while True:
+            ready, _ = ray.wait([done_ref], timeout=1.0)
+            if ready:
+                break
+            if quiet:
+                continue
+            line = _progress_line(ray.get(controller.status.remote()))
+            if tty:
+                print("\r" + line[:160].ljust(160), end="", flush=True)
+            elif line != last_line and time.time() - last_print > 5:
+                print(line, flush=True)
+                last_line, last_print = line, time.time()
+        summary = ray.get(done_ref)
+    except KeyboardInterrupt:
+        ray.get(controller.request_stop.remote())
+        print("\nstopping after the current step (Ctrl-C again to abort) ...", flush=True)
+        summary = ray.get(done_ref)
+    finally:
+        if tty and not quiet:
+            print()
+    ray.kill(controller)
+    return run_dir, summary
+
+
+def print_summary(run_dir: str, s: dict) -> None:
+    sw = s.get("switch")
+    acc = s.get("accuracy", {})
+    print(f"\nrun folder  {run_dir}")
+    if sw:
+        print(
+            f"switch      step {sw['step']} ({sw['regime']}, val loss {sw['val_loss']:.4f}, {sw['reason']}); "
+            f"hot swap took {sw['seconds']:.2f}s"
+        )
+    else:
+        print("switch      none (policy never)")
+    print(
+        f"accuracy    at switch {_fmt(acc.get('at_switch'), '.3f')}  final {_fmt(acc.get('final'), '.3f')} "
+        "(held-out avg@k)"
+    )
+    print(
+        f"wall        {s['wall_seconds']:.0f}s  (setup {s['setup_seconds']:.0f}s, SFT {s['sft_seconds']:.0f}s)"
+    )
+    if s.get("plot"):
+        print(f"plot        {s['plot']}")
