@@ -98,6 +98,7 @@ class Controller:
         )
         self.learner = LearnerGroup(model_path, cfg.learner, cfg.model.dtype, cfg.run.seed)
         self.worker_info = ray.get([w.ready.remote() for w in self.workers])
+        self.pids = self._pids()
         self.sync = make_weight_sync(cfg.rollout.weight_sync, self.run_dir)
         self.stepper = RLStepper(
             cfg, self.learner, self.workers, self.verifier, self.tokenizer, self.hf_config, self.splits
@@ -129,6 +130,8 @@ class Controller:
             summary["accuracy"]["final"] = final["accuracy"]
             summary["eval_final"] = final
             summary["rl_timing_mean"] = self.stepper.mean_timing()
+            summary["greedy_check_final"] = self._check_sync()
+        summary["actor_pids"] = {"at_start": self.pids, "at_end": self._pids()}
         final_dir = os.path.join(self.run_dir, "checkpoints", "final")
         self.learner.save_hf(final_dir)
         summary["final_checkpoint"] = final_dir
@@ -218,6 +221,24 @@ class Controller:
             decision = Decision(step, step, f"SFT budget sft.max_steps={cfg.sft.max_steps} reached")
         return decision, flops, val_losses
 
+    def _pids(self) -> dict:
+        return {"learner": self.learner.pids(), "rollout": ray.get([w.pid.remote() for w in self.workers])}
+
+    def _check_sync(self) -> dict | None:
+        """Greedy completions of the learner and of every engine on the same held-out prompts."""
+        n = self.cfg.rollout.check_sync_prompts
+        if n <= 0:
+            return None
+        from switchpoint.data import format_prompt
+
+        prompts = [format_prompt(r, self.cfg.data.prompt_template) for r in self.splits.eval[:n]]
+        ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        max_new = self.cfg.rollout.max_tokens
+        learner = self.learner.greedy_generate(ids, max_new, self.tokenizer.eos_token_id)
+        engines = ray.get([w.greedy.remote(prompts, max_new) for w in self.workers])
+        matches = [sum(a == b for a, b in zip(learner, e)) for e in engines]
+        return {"prompts": n, "matching": min(matches), "equal": all(m == n for m in matches)}
+
     # ---- the hot swap ----------------------------------------------------------------------------------------
     def _switch(self, decision, val_losses: list, at_seconds: float) -> dict:
         cfg = self.cfg
@@ -246,7 +267,8 @@ class Controller:
             "sync_seconds": sync["seconds"],
             "at_seconds": at_seconds,
             "weight_sync": self.sync.name,
-            "restarted_actors": 0,
+            "greedy_check": self._check_sync(),
+            "same_processes": self._pids() == self.pids,
         }
         self.folder.log(
             {

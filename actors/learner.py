@@ -49,6 +49,9 @@ class LearnerRank:
         self.objective = "sft"
         self.rl = {}
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def node_address(self) -> tuple[str, int]:
         with socket.socket() as s:
             s.bind(("127.0.0.1" if not ray.get_gpu_ids() else "", 0))
@@ -89,6 +92,8 @@ class LearnerRank:
             "bf16": {"enabled": dtype == torch.bfloat16},
             "fp16": {"enabled": dtype == torch.float16},
             "steps_per_print": 10**9,
+            # Every step() is an update; backward() calls in between accumulate micro-batch gradients.
+            "managed_gradient_accumulation": False,
             "wall_clock_breakdown": False,
         }
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -100,6 +105,7 @@ class LearnerRank:
             "rank": self.rank,
             "device": str(self.device),
             "params": sum(p.numel() for p in model.parameters()),
+            "pid": os.getpid(),
         }
 
     # ---- objective -------------------------------------------------------------------------------------------
@@ -124,54 +130,69 @@ class LearnerRank:
 
     def train_step(self, shard: dict, global_count: float) -> dict:
         """One optimizer step on this rank's shard. global_count is the normaliser summed over all ranks
-        (response tokens for SFT/GRPO/DAPO, sequences for Dr.GRPO), so the loss is an exact global mean."""
-        import torch
-
-        from trainers import sft_loss, token_logprobs
-        from trainers.objectives import rl_objective
-
+        (response tokens for SFT/GRPO/DAPO, sequences for Dr.GRPO), so the loss is an exact global mean.
+        The shard is processed in micro-batches whose gradients accumulate before the single step."""
         t0 = time.perf_counter()
         self.engine.train()
-        ids, attn = _pad(shard["input_ids"], self.pad_id)
-        mask = _mask(shard["loss_mask"], ids.shape[1]).to(self.device)
-        ids = ids.to(self.device)
         if self.objective == "sft":
             warm = max(1, self.cfg.warmup_steps)
             self._set_lr(self.cfg.lr * min(1.0, (self.sft_step + 1) / warm))
-            n_local = float(mask[:, 1:].sum())
-            logits = self._forward(ids, attn)
-            loss, info = sft_loss(logits, ids, mask, token_scale=n_local * self.world_size / global_count)
             self.sft_step += 1
-        else:
-            _, loss_fn, _ = rl_objective(self.rl["algorithm"])
-            resp_mask = mask[:, 1:]
-            with torch.no_grad():
-                old = token_logprobs(self._forward(ids, attn).float(), ids)
-            new = token_logprobs(self._forward(ids, attn).float(), ids)
-            adv = torch.tensor(shard["advantages"], dtype=torch.float32, device=self.device)
-            if self.rl["algorithm"] == "dr_grpo":
-                # Dr.GRPO divides by a constant (sequences x max generation length), not by tokens seen.
-                scale = (
-                    len(ids) * resp_mask.shape[1] * self.world_size / (global_count * self.rl["max_tokens"])
-                )
-            else:
-                scale = float(resp_mask.sum()) * self.world_size / global_count
-            loss, info = loss_fn(
-                new,
-                old,
-                adv,
-                resp_mask,
-                clip_low=self.rl["clip_low"],
-                clip_high=self.rl["clip_high"],
-                token_scale=scale,
-            )
-        self.engine.backward(loss)
+        size = self.cfg.micro_batch_size or len(shard["input_ids"])
+        totals: dict[str, float] = {}
+        for i in range(0, len(shard["input_ids"]), size):
+            micro = {k: v[i : i + size] for k, v in shard.items()}
+            loss, info = self._micro_loss(micro, global_count)
+            # Each micro-batch loss is already a share of the global mean: no further scaling by DeepSpeed.
+            self.engine.backward(loss, scale_wrt_gas=False)
+            w = float(info.get("tokens", 1.0))
+            totals["_w"] = totals.get("_w", 0.0) + w
+            for k, v in info.items():
+                if k in ("loss", "tokens"):
+                    totals[k] = totals.get(k, 0.0) + float(v)
+                elif isinstance(v, (int, float)) or hasattr(v, "__float__"):
+                    totals[k] = totals.get(k, 0.0) + float(v) * w
         self.engine.step()
-        info = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in info.items()}
-        info["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
-        info["lr"] = self.optimizer.param_groups[0]["lr"]
-        info["seconds"] = time.perf_counter() - t0
-        return info
+        w = totals.pop("_w")
+        out = {k: (v if k in ("loss", "tokens") else v / max(w, 1e-9)) for k, v in totals.items()}
+        out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        out["lr"] = self.optimizer.param_groups[0]["lr"]
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def _micro_loss(self, micro: dict, global_count: float):
+        import torch
+
+        from trainers import rl_objective, sft_loss, token_logprobs
+
+        ids, attn = _pad(micro["input_ids"], self.pad_id)
+        mask = _mask(micro["loss_mask"], ids.shape[1]).to(self.device)
+        ids = ids.to(self.device)
+        if self.objective == "sft":
+            n_local = float(mask[:, 1:].sum())
+            return sft_loss(
+                self._forward(ids, attn), ids, mask, token_scale=n_local * self.world_size / global_count
+            )
+        _, loss_fn, _ = rl_objective(self.rl["algorithm"])
+        resp_mask = mask[:, 1:]
+        with torch.no_grad():
+            old = token_logprobs(self._forward(ids, attn).float(), ids)
+        new = token_logprobs(self._forward(ids, attn).float(), ids)
+        adv = torch.tensor(micro["advantages"], dtype=torch.float32, device=self.device)
+        if self.rl["algorithm"] == "dr_grpo":
+            # Dr.GRPO divides by a constant (sequences x max generation length), not by the tokens seen.
+            scale = len(ids) * resp_mask.shape[1] * self.world_size / (global_count * self.rl["max_tokens"])
+        else:
+            scale = float(resp_mask.sum()) * self.world_size / global_count
+        return loss_fn(
+            new,
+            old,
+            adv,
+            resp_mask,
+            clip_low=self.rl["clip_low"],
+            clip_high=self.rl["clip_high"],
+            token_scale=scale,
+        )
 
     def eval_loss(self, shard: dict) -> tuple[float, float]:
         """(summed response-token NLL, token count) on this rank's shard of the validation set."""
@@ -339,6 +360,9 @@ class LearnerGroup:
 
     def load_hf(self, path: str) -> None:
         ray.get([r.load_hf.remote(path) for r in self.ranks])
+
+    def pids(self) -> list[int]:
+        return ray.get([r.pid.remote() for r in self.ranks])
 
     def greedy_generate(
         self, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int

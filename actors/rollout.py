@@ -42,7 +42,11 @@ class RolloutWorker:
         self.start_seconds = time.perf_counter() - t0
 
     def ready(self) -> dict:
-        return {"start_seconds": self.start_seconds, "eos_token_id": self.tokenizer.eos_token_id}
+        return {
+            "start_seconds": self.start_seconds,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "pid": os.getpid(),
+        }
 
     def generate(
         self,
@@ -82,6 +86,9 @@ class RolloutWorker:
                 )
             results.append({"prompt_token_ids": list(out.prompt_token_ids), "samples": samples})
         return results
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def greedy(self, prompts: list[str], max_tokens: int) -> list[list[int]]:
         outs = self.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens)

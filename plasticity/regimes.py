@@ -56,8 +56,10 @@ def online_regime(losses_so_far: Sequence[float], delta: float = 0.02, delta2: f
     labels = label_regimes(losses_so_far, delta, delta2)
     if not labels:
         raise ValueError("online_regime needs at least one validation loss")
+    if len(losses_so_far) == 1:
+        return ADAPTIVE  # one point shows no trend yet; training has not started to settle
     latest, best = losses_so_far[-1], min(losses_so_far)
-    if labels[-1] == STABLE and latest == best and len(losses_so_far) > 1:
+    if labels[-1] == STABLE and latest == best:
         # A fresh minimum that improves clearly on the previous one means we are still descending.
         prev_best = min(losses_so_far[:-1])
         if best < prev_best / (1 + delta):

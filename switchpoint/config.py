@@ -118,6 +118,8 @@ class LearnerConfig:
     """Gradient-norm clip."""
     reset_optimizer_at_switch: bool = False
     """Start RL with fresh AdamW moments (True) or carry SFT's over (False). Recorded in the run."""
+    micro_batch_size: int = 0
+    """Sequences per forward/backward on a rank; gradients accumulate to one step (0: the whole shard at once)."""
     torch_threads: int = 1
     """Intra-op threads per rank (keep 1 on small CPU machines)."""
 
@@ -164,6 +166,9 @@ class RolloutConfig:
     """Fraction of GPU memory vLLM may take (GPU only)."""
     weight_sync: str = "object_store"
     """How new weights reach the engines: object_store | disk."""
+    check_sync_prompts: int = 8
+    """After the switch sync and at the end, compare greedy completions of the learner and of every engine on this
+    many held-out prompts and record whether they match (0 skips the check)."""
 
 
 @dataclass
@@ -271,6 +276,11 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
         return value
     if typ is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
         return float(value)

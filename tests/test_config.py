@@ -1,0 +1,122 @@
+"""Config parsing and the one-line errors for bad input (config keys, model paths, data rows)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from switchpoint.config import ConfigError, from_dict, load_config, parse_overrides
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_shipped_configs_parse():
+    for name in os.listdir(os.path.join(REPO, "configs")):
+        if name.endswith(".yaml") and not name.startswith("tune"):
+            load_config(os.path.join(REPO, "configs", name))
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(
+        os.path.join(REPO, "configs", "tiny.yaml"),
+        ["rl.steps=7", "switch.policy=step:40", "learner.lr=1e-4", "model.build_tiny=false"],
+    )
+    assert cfg.rl.steps == 7 and cfg.switch.policy == "step:40"
+    assert cfg.learner.lr == pytest.approx(1e-4) and cfg.model.build_tiny is False
+    assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        ({"rl": {"stepz": 3}}, "'rl.stepz'"),
+        ({"modle": {}}, "'modle'"),
+        ({"rl": {"steps": "many"}}, "'rl.steps'"),
+        ({"rl": {"algorithm": "ppo"}}, "'rl.algorithm'"),
+        ({"switch": {"policy": "whenever"}}, "'switch.policy'"),
+        ({"switch": {"policy": "step:x"}}, "step:N"),
+        ({"learner": {"zero_stage": 4}}, "'learner.zero_stage'"),
+        ({"sft": {"batch_size": 3}}, "'sft.batch_size'"),
+        ({"data": {"source": "files"}}, "'data.sft_train_path'"),
+        ({"data": {"prompt_template": "{question}"}}, "'data.prompt_template'"),
+    ],
+)
+def test_bad_config_names_the_key(raw, needle):
+    with pytest.raises(ConfigError) as e:
+        from_dict(raw)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_unknown_key_is_one_line(tmp_path):
+    r = _cli("run", os.path.join(REPO, "configs", "micro.yaml"), "--set", "rl.nope=1", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'rl.nope'" in lines[0], r.stderr
+
+
+def test_cli_missing_model_folder_is_one_line(tmp_path):
+    missing = tmp_path / "no-such-model"
+    r = _cli(
+        "run",
+        os.path.join(REPO, "configs", "micro.yaml"),
+        "--set",
+        f"model.path={missing}",
+        "--set",
+        "model.build_tiny=false",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0] and "model.path" in lines[0], r.stderr
+    assert not (tmp_path / "runs").exists()  # nothing started, no empty run folder left behind
+
+
+def test_cli_malformed_data_row_is_one_line(tmp_path):
+    from switchpoint.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model", hidden_size=128, num_attention_heads=2, num_hidden_layers=1)
+    good = {"prompt": "Compute 1+2.", "response": " 1+2=3. Answer: 3", "answer": "3"}
+    paths = {}
+    for split in ("train", "val", "rl", "eval"):
+        p = tmp_path / f"{split}.jsonl"
+        rows = [json.dumps(good)] * 4
+        if split == "rl":
+            rows[2] = json.dumps({"prompt": "Compute 2+2.", "answer": ""})  # line 3: empty answer
+        p.write_text("\n".join(rows) + "\n")
+        paths[split] = p
+    r = _cli(
+        "run",
+        os.path.join(REPO, "configs", "micro.yaml"),
+        "--set",
+        f"model.path={model}",
+        "--set",
+        "data.source=files",
+        "--set",
+        f"data.sft_train_path={paths['train']}",
+        "--set",
+        f"data.sft_val_path={paths['val']}",
+        "--set",
+        f"data.rl_path={paths['rl']}",
+        "--set",
+        f"data.eval_path={paths['eval']}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert str(paths["rl"]) in lines[0] and "line 3" in lines[0] and "answer" in lines[0], lines[0]

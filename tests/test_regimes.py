@@ -1,0 +1,68 @@
+"""Retrospective regime labels (paper Eq. 5-9) and the online switch policies."""
+
+import pytest
+
+from plasticity.regimes import ADAPTIVE, MILD, SEVERE, STABLE, label_regimes, make_policy, online_regime
+
+# A U-shaped SFT curve: descent, a flat bottom, then overfitting.
+CURVE = [(0, 3.0), (10, 1.5), (20, 1.02), (30, 1.005), (40, 1.0), (50, 1.01), (60, 1.05), (70, 1.2)]
+
+
+def test_labels_follow_the_paper():
+    labels = label_regimes([v for _, v in CURVE])
+    assert labels == [ADAPTIVE, ADAPTIVE, STABLE, STABLE, STABLE, STABLE, MILD, SEVERE]
+
+
+def test_delta_is_configurable():
+    labels = label_regimes([v for _, v in CURVE], delta=0.06, delta2=0.15)
+    assert labels[6] == STABLE and labels[7] == SEVERE
+
+
+def replay(spec, curve=CURVE, **kw):
+    policy = make_policy(spec, **kw)
+    for step, loss in curve:
+        d = policy.observe(step, loss)
+        if d:
+            return d
+    return None
+
+
+def test_stable_switches_on_the_plateau_inside_the_stable_window():
+    d = replay("stable", patience=2)
+    assert d is not None and d.step == d.from_step
+    retro = dict(zip([s for s, _ in CURVE], label_regimes([v for _, v in CURVE])))
+    assert retro[d.step] == STABLE
+
+
+def test_mild_switches_after_the_band():
+    d = replay("mild")
+    assert d.step == 60
+
+
+def test_min_loss_rolls_back_to_the_best_checkpoint():
+    d = replay("min_loss", patience=2)
+    assert d.step == 60 and d.from_step == 40
+
+
+def test_step_never_and_rl_only():
+    assert replay("step:35").step == 40
+    assert replay("never") is None
+    assert replay("rl_only").step == 0
+
+
+def test_online_regime_uses_only_the_past():
+    losses = [v for _, v in CURVE]
+    assert online_regime(losses[:2]) == ADAPTIVE  # a clear new minimum: still descending
+    assert online_regime(losses[:6]) == STABLE
+    assert online_regime(losses) == SEVERE
+
+
+@pytest.mark.parametrize("bad", [[1.0, float("nan")], [1.0, -2.0], [0.0]])
+def test_bad_losses_are_rejected(bad):
+    with pytest.raises(ValueError):
+        label_regimes(bad)
+
+
+def test_unknown_policy():
+    with pytest.raises(ValueError, match="known"):
+        make_policy("sometime")
