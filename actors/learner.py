@@ -175,16 +175,23 @@ class LearnerRank:
             )
         _, loss_fn, _ = rl_objective(self.rl["algorithm"])
         resp_mask = mask[:, 1:]
-        with torch.no_grad():
-            old = token_logprobs(self._forward(ids, attn).float(), ids)
         new = token_logprobs(self._forward(ids, attn).float(), ids)
+        if "old_logprobs" in micro:
+            # The behaviour policy's own logprobs (from the rollout engine), so later mini-batch updates see a
+            # real importance ratio and DAPO's clip bites.
+            old = torch.zeros_like(new)
+            for b, lps in enumerate(micro["old_logprobs"]):
+                start = micro["loss_mask"][b].index(1) - 1
+                old[b, start : start + len(lps)] = torch.tensor(lps, dtype=old.dtype)
+        else:
+            old = new.detach()
         adv = torch.tensor(micro["advantages"], dtype=torch.float32, device=self.device)
         if self.rl["algorithm"] == "dr_grpo":
             # Dr.GRPO divides by a constant (sequences x max generation length), not by the tokens seen.
             scale = len(ids) * resp_mask.shape[1] * self.world_size / (global_count * self.rl["max_tokens"])
         else:
             scale = float(resp_mask.sum()) * self.world_size / global_count
-        return loss_fn(
+        loss, info = loss_fn(
             new,
             old,
             adv,
@@ -193,6 +200,10 @@ class LearnerRank:
             clip_high=self.rl["clip_high"],
             token_scale=scale,
         )
+        if "old_logprobs" in micro:
+            diff = ((new.detach() - old).abs() * resp_mask).sum() / resp_mask.sum().clamp(min=1)
+            info["logprob_diff_vs_engine"] = float(diff)
+        return loss, info
 
     def eval_loss(self, shard: dict) -> tuple[float, float]:
         """(summed response-token NLL, token count) on this rank's shard of the validation set."""

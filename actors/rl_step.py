@@ -113,26 +113,20 @@ class RLStepper:
         t_train = 0.0
         if kept_outs:
             adv = self.advantage_fn(torch.tensor(kept_scores, dtype=torch.float32))
-            batch = {"input_ids": [], "loss_mask": [], "advantages": []}
-            for o, a in zip(kept_outs, adv.tolist()):
-                p = o["prompt_token_ids"]
-                for s, a_j in zip(o["samples"], a):
-                    batch["input_ids"].append(p + s["token_ids"])
-                    batch["loss_mask"].append([0] * len(p) + [1] * len(s["token_ids"]))
-                    batch["advantages"].append(a_j)
-            if cfg.rl.algorithm == "dr_grpo":
-                global_count = float(len(batch["input_ids"]))
-            else:
-                global_count = float(sum(sum(m[1:]) for m in batch["loss_mask"]))
             t = time.perf_counter()
-            out = self.learner.train_step(batch, max(global_count, 1.0))
+            outs = [
+                self._train_on(kept_outs[m :: cfg.rl.minibatches], adv.tolist()[m :: cfg.rl.minibatches])
+                for m in range(min(cfg.rl.minibatches, len(kept_outs)))
+            ]
             t_train = time.perf_counter() - t
             row.update(
-                loss=out["loss"],
-                clip_fraction=out.get("clip_fraction"),
-                approx_kl=out.get("approx_kl"),
-                grad_norm=out.get("grad_norm"),
-                tokens=int(sum(sum(m) for m in batch["loss_mask"])),
+                loss=sum(o["loss"] for o in outs) / len(outs),
+                clip_fraction=sum(o.get("clip_fraction", 0.0) for o in outs) / len(outs),
+                approx_kl=outs[-1].get("approx_kl"),
+                grad_norm=outs[-1].get("grad_norm"),
+                logprob_diff_vs_engine=outs[0].get("logprob_diff_vs_engine"),
+                updates=len(outs),
+                tokens=int(sum(o.get("tokens", 0) for o in outs)),
             )
         else:
             row.update(loss=None, skipped="no informative groups")
@@ -158,6 +152,24 @@ class RLStepper:
             self.timings[k].append(v)
         self.timings["gen_tokens_per_s"].append(row["gen_tokens_per_s"] or 0.0)
         return row
+
+    def _train_on(self, groups: list[dict], advantages: list[list[float]]) -> dict:
+        """One optimizer update on whole groups: prompt + completion tokens, loss on the completion only."""
+        batch = {"input_ids": [], "loss_mask": [], "advantages": [], "old_logprobs": []}
+        for o, a in zip(groups, advantages):
+            p = o["prompt_token_ids"]
+            for s, a_j in zip(o["samples"], a):
+                batch["input_ids"].append(p + s["token_ids"])
+                batch["loss_mask"].append([0] * len(p) + [1] * len(s["token_ids"]))
+                batch["advantages"].append(a_j)
+                batch["old_logprobs"].append(s["logprobs"])
+        if any(lp is None for lp in batch["old_logprobs"]):
+            del batch["old_logprobs"]  # greedy rollouts carry no logprobs: ratio against the current policy
+        if self.cfg.rl.algorithm == "dr_grpo":
+            global_count = float(len(batch["input_ids"]))
+        else:
+            global_count = float(sum(sum(m[1:]) for m in batch["loss_mask"]))
+        return self.learner.train_step(batch, max(global_count, 1.0))
 
     def record_sync(self, seconds: float) -> None:
         self.timings["weight_sync"].append(seconds)

@@ -12,6 +12,9 @@ the fit. The robust variant drops fitted points whose modified z-score of the re
 then runs least trimmed squares (LTS) with C-steps. Settings are chosen per branch by
 score = R^2_heldout - w * max(0, R^2_fit - R^2_heldout). A plasticity many times the largest observed gain
 is a failed fit and is reported as such; a branch that rises and then collapses gets its observed peak.
+
+This module holds the recipe (candidate settings, outlier filter, scoring, safeguards, bootstrap); the batched
+Levenberg-Marquardt and LTS solver it calls lives in `plasticity.ceiling_solver`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.special import expit
 
+from plasticity.ceiling_solver import gain, least_squares, least_trimmed_squares, r2, rmse
+
 FIT, OBSERVED_PEAK, FAILED = "fit", "observed_peak", "failed"
 MIN_POINTS = 6  # 4 parameters at most, plus a held-out tail
-MAX_STEEPNESS = 10.0
 LOGC_MARGIN = 3.0  # C_mid stays within e**3 of the observed compute: further out no data can place it
 
 
@@ -154,125 +158,10 @@ class _Branch:
         return float(self.lx.min()) - LOGC_MARGIN, float(self.lx.max()) + LOGC_MARGIN
 
 
-# --- the fit: theta = (pl, log_c, b, eps); a profile grid finds the start, Levenberg-Marquardt refines ---
-
-_B_GRID = np.geomspace(0.1, 9.5, 24)
-
-
-def _gain(lx, theta):
-    """Gain over P_sft at log-compute lx for theta (pl, log_c, b, eps), or a batch of thetas [R, 4]."""
-    pl, log_c, b, eps = (np.asarray(theta, dtype=float)[..., k, None] for k in range(4))
-    return eps + (pl - eps) * expit(b * (lx - log_c))
-
-
-def _grid_start(lx, y, w, free_eps: bool, fixed_pl: float | None, bounds):
-    """Best (pl, log_c, b, eps) per row of y [R, n] (weights w) on a (log_c, b) grid; pl and eps enter
-    linearly, so they are solved in closed form at every grid point."""
-    log_cs = np.linspace(bounds[0] + 0.5, bounds[1] - 0.5, 40)
-    s = expit(_B_GRID[:, None, None] * (lx - log_cs[:, None]))  # [b, c, point]
-    wy = w * y
-    ss, sy = np.einsum("rn,bcn->rbc", w, s * s), np.einsum("rn,bcn->rbc", wy, s)
-    pl = np.full_like(ss, fixed_pl) if fixed_pl is not None else sy / np.maximum(ss, 1e-300)
-    eps, a, c, ty = np.zeros_like(ss), 0.0, 0.0, 0.0
-    if free_eps and fixed_pl is None:
-        t = 1 - s
-        a, c, ty = (
-            np.einsum("rn,bcn->rbc", w, t * t),
-            np.einsum("rn,bcn->rbc", w, t * s),
-            np.einsum("rn,bcn->rbc", wy, t),
-        )
-        det = a * ss - c * c
-        ok = det > 1e-12 * a * ss
-        eps_free = np.where(ok, (ss * ty - c * sy) / np.where(ok, det, 1.0), 0.0)
-        pl_free = np.where(ok, (a * sy - c * ty) / np.where(ok, det, 1.0), pl)
-        use = eps_free > 0  # eps >= 0: otherwise the eps = 0 solution is the constrained optimum
-        pl, eps = np.where(use, pl_free, pl), np.where(use, eps_free, 0.0)
-    yy = np.sum(wy * y, 1)[:, None, None]
-    sse = eps**2 * a + 2 * eps * pl * c + pl**2 * ss - 2 * eps * ty - 2 * pl * sy + yy
-    i, j = np.unravel_index(sse.reshape(len(y), -1).argmin(1), ss.shape[1:])
-    rows = np.arange(len(y))
-    return np.stack([pl[rows, i, j], log_cs[j], _B_GRID[i], eps[rows, i, j]], axis=1)
-
-
-# Levenberg-Marquardt runs unconstrained on q: b = 10 * expit(u) keeps 0 < b < 10, eps = v**2 keeps eps >= 0,
-# and log_c = lo + span * expit(w) keeps C_mid within e**LOGC_MARGIN of the observed compute. It is batched:
-# all candidate settings, and all bootstrap resamples, are fitted at once.
-
-
-def _logit(p):
-    p = np.clip(p, 1e-9, 1 - 1e-9)
-    return np.log(p / (1 - p))
-
-
-def _to_free(theta, free_eps, fixed_pl, lo, span):
-    pl, log_c, b, eps = theta.T
-    cols = [] if fixed_pl is not None else [pl]
-    cols += [_logit((log_c - lo) / span), _logit(b / MAX_STEEPNESS)]
-    return np.stack(cols + ([np.sqrt(np.maximum(eps, 1e-8))] if free_eps else []), axis=1)
-
-
-def _from_free(q, free_eps, fixed_pl, lo, span):
-    k = 0 if fixed_pl is not None else 1
-    pl = np.full(len(q), fixed_pl) if fixed_pl is not None else q[:, 0]
-    eps = q[:, k + 2] ** 2 if free_eps else np.zeros(len(q))
-    return np.stack([pl, lo + span * expit(q[:, k]), MAX_STEEPNESS * expit(q[:, k + 1]), eps], axis=1)
-
-
-def _residual_jacobian(q, lx, y, sw, free_eps, fixed_pl, lo, span):
-    pl, log_c, b, eps = (col[:, None] for col in _from_free(q, free_eps, fixed_pl, lo, span).T)
-    s = expit(b * (lx - log_c))
-    ds = s * (1 - s) * (pl - eps)
-    w = (log_c - lo) / span
-    cols = [] if fixed_pl is not None else [s]
-    cols += [-b * ds * span * w * (1 - w), (lx - log_c) * ds * b * (1 - b / MAX_STEEPNESS)]
-    if free_eps:
-        cols.append((1 - s) * 2 * q[:, -1:])
-    return sw * (eps + (pl - eps) * s - y), np.stack(cols, axis=2) * sw[..., None]
-
-
-def _least_squares(lx, y, free_eps: bool, bounds, start=None, fixed_pl=None, weights=None, iters=200):
-    """Least-squares theta for gains y ([n] or a batch [R, n]) at log-compute lx, by Levenberg-Marquardt.
-
-    weights (0/1 per point, like y) select the points each row fits. Starts from `start` ([4] or [R, 4]) or
-    from the best point of a profile grid.
-    """
-    single = np.ndim(y) == 1
-    y = np.atleast_2d(np.asarray(y, dtype=float))
-    w = np.ones_like(y) if weights is None else np.broadcast_to(np.asarray(weights, dtype=float), y.shape)
-    if start is None:
-        start = _grid_start(lx, y, w, free_eps, fixed_pl, bounds)
-    start = np.broadcast_to(np.asarray(start, dtype=float), (len(y), 4))
-    lo, span = bounds[0], bounds[1] - bounds[0]
-    args = (lx, y, np.sqrt(w), free_eps, fixed_pl, lo, span)
-    q = _to_free(start, free_eps, fixed_pl, lo, span)
-    r, jac = _residual_jacobian(q, *args)
-    cost, lam = np.sum(r * r, 1), np.full(len(y), 1e-3)
-    finished, eye = np.zeros(len(y), dtype=bool), np.eye(q.shape[1])
-    for _ in range(iters):
-        jtj = np.einsum("rni,rnj->rij", jac, jac)
-        diag = np.einsum("rii->ri", jtj)
-        diag = diag + 1e-9 * (1 + diag.max(1, keepdims=True))  # Marquardt scaling, never singular
-        grad = np.einsum("rni,rn->ri", jac, r)
-        step = np.linalg.solve(jtj + (lam[:, None] * diag)[:, :, None] * eye, -grad[..., None])[..., 0]
-        r_new, jac_new = _residual_jacobian(q + step, *args)
-        cost_new = np.sum(r_new * r_new, 1)
-        better = (cost_new < cost) & ~finished
-        small = np.abs(step).max(1) <= 1e-7 * (1 + np.abs(q).max(1))
-        at_minimum = ~better & ((lam > 1e8) | (np.abs(cost_new - cost) <= 1e-12 * cost))
-        finished |= at_minimum | (better & ((cost - cost_new <= 1e-10 * cost) | small))
-        q = np.where(better[:, None], q + step, q)
-        r, jac = np.where(better[:, None], r_new, r), np.where(better[:, None, None], jac_new, jac)
-        cost, lam = np.where(better, cost_new, cost), np.where(better, lam / 3, lam * 4)
-        if finished.all():
-            break
-    theta = _from_free(q, free_eps, fixed_pl, lo, span)
-    return theta[0] if single else theta
-
-
 def _zscore_kept(br: _Branch, settings: FitSettings, theta) -> np.ndarray:
     """Fitted points whose residual's modified z-score is within the threshold (all, if too few remain)."""
     fitted = np.arange(len(br.y)) < settings.n_fit
-    r = (br.y - _gain(br.lx, theta))[fitted]
+    r = (br.y - gain(br.lx, theta))[fitted]
     mad = float(np.median(np.abs(r - np.median(r))))
     if mad == 0:
         return fitted
@@ -289,8 +178,8 @@ def _fit_candidates(br: _Branch, candidates: list[FitSettings]) -> list[tuple[np
         group = [i for i, c in enumerate(candidates) if c.free_eps == free_eps]
         n_fits = sorted({candidates[i].n_fit for i in group})
         first_n = np.arange(n)[None, :] < np.array(n_fits)[:, None]
-        plain = dict(zip(n_fits, _least_squares(br.lx, np.tile(br.y, (len(n_fits), 1)), free_eps,
-                                                br.logc_bounds, weights=first_n)))  # fmt: skip
+        ys = np.tile(br.y, (len(n_fits), 1))
+        plain = dict(zip(n_fits, least_squares(br.lx, ys, free_eps, br.logc_bounds, weights=first_n)))
         robust = [i for i in group if candidates[i].robust]
         for i in group:
             if not candidates[i].robust:
@@ -298,23 +187,15 @@ def _fit_candidates(br: _Branch, candidates: list[FitSettings]) -> list[tuple[np
         if not robust:
             continue
         allowed = np.array([_zscore_kept(br, candidates[i], plain[candidates[i].n_fit]) for i in robust])
-        trims = np.array([candidates[i].trim_fraction for i in robust])
-        keep = np.maximum(4 + free_eps, np.ceil(trims * allowed.sum(1))).astype(int)  # LTS keeps h points
-        ys = np.tile(br.y, (len(robust), 1))
-        start = np.array([plain[candidates[i].n_fit] for i in robust])
-        used = allowed.copy()
-        theta = _least_squares(br.lx, ys, free_eps, br.logc_bounds, start=start, weights=used)
-        for _ in range(20):  # C-steps: refit on the `keep` smallest residuals among the allowed points
-            r2 = np.where(allowed, (ys - _gain(br.lx, theta)) ** 2, np.inf)
-            rank = np.argsort(np.argsort(r2, axis=1, kind="stable"), axis=1)
-            new = rank < keep[:, None]
-            changed = (new != used).any(1)
-            if not changed.any():
-                break
-            used[changed] = new[changed]
-            theta[changed] = _least_squares(
-                br.lx, ys[changed], free_eps, br.logc_bounds, start=theta[changed], weights=used[changed]
-            )
+        theta, used = least_trimmed_squares(
+            br.lx,
+            np.tile(br.y, (len(robust), 1)),
+            free_eps,
+            br.logc_bounds,
+            start=np.array([plain[candidates[i].n_fit] for i in robust]),
+            allowed=allowed,
+            trim_fractions=[candidates[i].trim_fraction for i in robust],
+        )
         for row, i in enumerate(robust):
             out[i] = (theta[row], used[row])
     return out
@@ -323,25 +204,16 @@ def _fit_candidates(br: _Branch, candidates: list[FitSettings]) -> list[tuple[np
 _METRICS = ("r2_fit", "r2_heldout", "rmse_fit", "rmse_heldout")
 
 
-def _r2(y, pred) -> float:
-    sst = float(np.sum((y - np.mean(y)) ** 2))
-    return 1.0 - float(np.sum((y - pred) ** 2)) / sst if sst > 0 and len(y) > 1 else float("nan")
-
-
-def _rmse(y, pred) -> float:
-    return float(np.sqrt(np.mean((y - pred) ** 2))) if len(y) else float("nan")
-
-
 def _score(br: _Branch, settings: FitSettings, theta, used, gap_weight: float):
     """(score, metrics) of one candidate: R^2 and RMSE on the points it used and on the held-out tail."""
     hold = np.arange(settings.n_fit, len(br.y))
     hold = hold[~br.glitches[hold]]
-    pred = _gain(br.lx, theta)
+    pred = gain(br.lx, theta)
     m = {
-        "r2_fit": _r2(br.y[used], pred[used]),
-        "r2_heldout": _r2(br.y[hold], pred[hold]),
-        "rmse_fit": _rmse(br.y[used], pred[used]),
-        "rmse_heldout": _rmse(br.y[hold], pred[hold]),
+        "r2_fit": r2(br.y[used], pred[used]),
+        "r2_heldout": r2(br.y[hold], pred[hold]),
+        "rmse_fit": rmse(br.y[used], pred[used]),
+        "rmse_heldout": rmse(br.y[hold], pred[hold]),
     }
     score = m["r2_heldout"] - gap_weight * max(0.0, m["r2_fit"] - m["r2_heldout"])
     return (score if math.isfinite(score) else -np.inf), m
@@ -422,10 +294,10 @@ def _bootstrap(br: _Branch, used, theta, free_eps, search: CeilingSearch):
     if search.bootstrap == 0:
         return None, None, ""
     rng = np.random.default_rng(search.seed)
-    fitted = _gain(br.lx[used], theta)
+    fitted = gain(br.lx[used], theta)
     resid = br.y[used] - fitted
     y_star = fitted + rng.choice(resid, size=(search.bootstrap, len(used)), replace=True)
-    pls = _least_squares(br.lx[used], y_star, free_eps, br.logc_bounds, start=theta)[:, 0]
+    pls = least_squares(br.lx[used], y_star, free_eps, br.logc_bounds, start=theta)[:, 0]
     ok = np.abs(pls) <= search.plausibility_factor * br.scale
     bad = f"{np.sum(~ok)} of {len(ok)} bootstrap refits give no supportable ceiling"
     if ok.mean() < 0.5:
@@ -451,9 +323,9 @@ def _observed_peak(br: _Branch, peak: int, search: CeilingSearch, n_candidates: 
     m = dict.fromkeys(_METRICS, float("nan"))
     theta = np.array([pl, float(np.median(br.lx[idx])), 1.0, 0.0])
     if len(idx) >= 3:
-        theta = _least_squares(br.lx[idx], br.y[idx], False, br.logc_bounds, fixed_pl=pl)
-        pred = _gain(br.lx[idx], theta)
-        m["r2_fit"], m["rmse_fit"] = _r2(br.y[idx], pred), _rmse(br.y[idx], pred)
+        theta = least_squares(br.lx[idx], br.y[idx], False, br.logc_bounds, fixed_pl=pl)
+        pred = gain(br.lx[idx], theta)
+        m["r2_fit"], m["rmse_fit"] = r2(br.y[idx], pred), rmse(br.y[idx], pred)
     msg = (
         f"rises then collapses after point #{peak} (x={math.exp(br.lx[peak]):.4g}); "
         f"ceiling = observed peak {br.p_sft + pl:.4g}"

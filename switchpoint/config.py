@@ -185,6 +185,9 @@ class RLConfig:
     """Lower clip: ratio >= 1 - clip_low."""
     clip_high: float = 0.28
     """Upper clip: ratio <= 1 + clip_high (DAPO's clip-higher)."""
+    minibatches: int = 1
+    """Optimizer updates per RL step: the kept groups are split into this many mini-batches, with the rollout
+    engine's logprobs as the behaviour policy (so later updates see ratios != 1 and the clip matters)."""
     max_gen_rounds: int = 3
     """DAPO dynamic sampling: generation rounds per step to fill the batch with informative groups."""
     eval_every: int = 10
@@ -250,6 +253,7 @@ POSITIVE = (
     "rl.prompts_per_step",
     "rl.group_size",
     "rl.max_gen_rounds",
+    "rl.minibatches",
     "rl.eval_every",
     "rollout.num_workers",
     "rollout.max_tokens",
