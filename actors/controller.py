@@ -43,7 +43,8 @@ class Controller:
 
     # ---- what the driver polls -------------------------------------------------------------------------------
     def status(self) -> dict:
-        return dict(self.state, elapsed=time.time() - self.state["started"])
+        # Copy `last`: the run thread updates it while this thread serialises the reply.
+        return dict(self.state, last=dict(self.state["last"]), elapsed=time.time() - self.state["started"])
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -56,8 +57,19 @@ class Controller:
     def run(self) -> dict:
         cfg, t_start = self.cfg, time.time()
         self.folder = RunFolder(self.run_dir, cfg)
+        self.summary: dict = {"run_name": os.path.basename(self.run_dir), "policy": cfg.switch.policy}
         try:
             return self._run(t_start)
+        except BaseException as e:
+            # Keep what was done: metrics and checkpoints are on disk already; say where it stopped and why.
+            self.summary.update(
+                error=f"{type(e).__name__}: {e}",
+                wall_seconds=time.time() - t_start,
+                failed_in_phase=self.state["phase"],
+            )
+            self.folder.write_json("summary.json", self.summary)
+            self.folder.plot(self.summary, cfg.switch.delta, cfg.switch.delta2)
+            raise
         finally:
             self.folder.close()
             self._shutdown()
@@ -109,18 +121,20 @@ class Controller:
         self._setup()
         setup_seconds = time.time() - t_start
         t_sft = time.time()
+        summary = self.summary
+        summary.update(switch=None, accuracy={"at_switch": None, "final": None}, sft_val_losses=[])
         decision, sft_flops, val_losses = self._sft()
-        summary = {
-            "run_name": os.path.basename(self.run_dir),
-            "policy": cfg.switch.policy,
-            "data": self.data_info,
-            "setup_seconds": setup_seconds,
-            "sft_seconds": time.time() - t_sft,
-            "sft_val_losses": val_losses,
-            "switch": None,
-            "accuracy": {"at_switch": None, "final": None},
-            "optimizer_reset_at_switch": cfg.learner.reset_optimizer_at_switch,
-        }
+        summary.update(
+            {
+                "data": self.data_info,
+                "setup_seconds": setup_seconds,
+                "sft_seconds": time.time() - t_sft,
+                "sft_val_losses": val_losses,
+                "switch": None,
+                "accuracy": {"at_switch": None, "final": None},
+                "optimizer_reset_at_switch": cfg.learner.reset_optimizer_at_switch,
+            }
+        )
         if decision is not None and not self.stop_requested:
             summary["switch"] = self._switch(decision, val_losses, time.time() - t_start)
             acc0 = self._eval(summary["switch"]["step"], sft_flops)
@@ -186,7 +200,7 @@ class Controller:
     def _sft(self):
         cfg = self.cfg
         policy = make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
-        val_losses: list = []
+        val_losses: list = self.summary["sft_val_losses"]  # filled in place: a crash keeps the curve
         flops = 0.0
         decision = self._validate(0, flops, policy, val_losses)
         batches = self._batches()
@@ -235,7 +249,7 @@ class Controller:
         ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         max_new = self.cfg.rollout.max_tokens
         learner = self.learner.greedy_generate(ids, max_new, self.tokenizer.eos_token_id)
-        engines = ray.get([w.greedy.remote(prompts, max_new) for w in self.workers])
+        engines = ray.get([w.greedy.remote(ids, max_new) for w in self.workers])
         matches = [sum(a == b for a, b in zip(learner, e)) for e in engines]
         return {"prompts": n, "matching": min(matches), "equal": all(m == n for m in matches)}
 
@@ -320,6 +334,8 @@ class Controller:
             if i % cfg.rl.eval_every == 0 or i == cfg.rl.steps:
                 self.folder.log(row)
                 last_eval = self._eval(switch_step + i, flops)
+                # RL checkpoints at every held-out eval: a crash later loses at most eval_every steps.
+                self.learner.save_hf(os.path.join(self.run_dir, "checkpoints", f"rl_step_{i:06d}"))
             else:
                 self.folder.log(row)
             self.state["last"].update(reward=row.get("reward_mean"), loss=row.get("loss"))

@@ -175,12 +175,14 @@ class LearnerRank:
             )
         _, loss_fn, _ = rl_objective(self.rl["algorithm"])
         resp_mask = mask[:, 1:]
-        new = token_logprobs(self._forward(ids, attn).float(), ids)
+        new = token_logprobs(self._forward(ids, attn), ids)
         if "old_logprobs" in micro:
             # The behaviour policy's own logprobs (from the rollout engine), so later mini-batch updates see a
             # real importance ratio and DAPO's clip bites.
             old = torch.zeros_like(new)
             for b, lps in enumerate(micro["old_logprobs"]):
+                if not lps:
+                    continue  # a padding row: no response tokens
                 start = micro["loss_mask"][b].index(1) - 1
                 old[b, start : start + len(lps)] = torch.tensor(lps, dtype=old.dtype)
         else:
@@ -212,10 +214,11 @@ class LearnerRank:
 
         self.engine.eval()
         total, count = 0.0, 0.0
+        size = self.cfg.micro_batch_size or 64
         with torch.no_grad():
-            for i in range(0, len(shard["input_ids"]), 64):
-                ids, attn = _pad(shard["input_ids"][i : i + 64], self.pad_id)
-                mask = _mask(shard["loss_mask"][i : i + 64], ids.shape[1])[:, 1:].to(self.device)
+            for i in range(0, len(shard["input_ids"]), size):
+                ids, attn = _pad(shard["input_ids"][i : i + size], self.pad_id)
+                mask = _mask(shard["loss_mask"][i : i + size], ids.shape[1])[:, 1:].to(self.device)
                 ids = ids.to(self.device)
                 logits = self._forward(ids, attn)[:, :-1].float()
                 nll = F.cross_entropy(
@@ -280,16 +283,16 @@ class LearnerRank:
             for n, p in params.items():
                 if n in sd:
                     p.data.copy_(sd[n].to(p.dtype))
-        if self.cfg.zero_stage in (1, 2):
-            # ZeRO 1/2 keep fp32 master partitions; refresh them from the module weights.
-            opt = self.optimizer
-            if hasattr(opt, "refresh_fp32_params"):
-                opt.refresh_fp32_params()
+        # Optimizers with fp32 master copies (ZeRO 1-3, bf16/fp16 at stage 0) would write the old weights back on
+        # the next step: refresh them from the loaded module weights.
+        if hasattr(self.optimizer, "refresh_fp32_params"):
+            self.optimizer.refresh_fp32_params()
 
     def greedy_generate(
         self, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int
     ) -> list[list[int]]:
-        """Greedy completions by the learner's own weights (rank 0), for the weight-sync equality check."""
+        """Greedy completions by the learner's own weights, for the weight-sync equality check. Every rank runs
+        it (ZeRO-3 forwards need all ranks); the argmax is identical on all of them."""
         import torch
 
         self.engine.eval()
@@ -341,16 +344,38 @@ class LearnerGroup:
         self.world_size = n
 
     def shard(self, batch: dict) -> list[dict]:
-        """Round-robin split of a batch of per-sequence lists over the ranks."""
-        return [{k: v[i :: self.world_size] for k, v in batch.items()} for i in range(self.world_size)]
+        """Round-robin split of a batch of per-sequence lists over the ranks. Shorter shards get padding rows
+        (no response tokens, so no loss) so every rank runs the same number of forwards (ZeRO-3 needs that)."""
+        shards = [
+            {k: list(v[i :: self.world_size]) for k, v in batch.items()} for i in range(self.world_size)
+        ]
+        width = max(len(s["input_ids"]) for s in shards)
+        for s in shards:
+            while len(s["input_ids"]) < width:
+                s["input_ids"].append(batch["input_ids"][0][:2])
+                s["loss_mask"].append([0, 0])
+                if "advantages" in s:
+                    s["advantages"].append(0.0)
+                if "old_logprobs" in s:
+                    s["old_logprobs"].append([])
+        return shards
 
     def train_step(self, batch: dict, global_count: float) -> dict:
         results = ray.get(
             [r.train_step.remote(s, global_count) for r, s in zip(self.ranks, self.shard(batch))]
         )
-        out = dict(results[0])
-        out["loss"] = sum(r["loss"] for r in results)  # each rank's loss is already scaled to the global mean
-        out["seconds"] = max(r["seconds"] for r in results)
+        # Each rank's loss is its share of the global mean times world_size (DeepSpeed averages gradients).
+        out = {
+            "loss": sum(r["loss"] for r in results) / self.world_size,
+            "tokens": sum(r.get("tokens", 0.0) for r in results),
+            "grad_norm": results[0]["grad_norm"],
+            "lr": results[0]["lr"],
+            "seconds": max(r["seconds"] for r in results),
+        }
+        weight = out["tokens"] or 1.0
+        for key in ("clip_fraction", "approx_kl", "ratio_mean", "logprob_diff_vs_engine"):
+            if key in results[0]:
+                out[key] = sum(r[key] * r.get("tokens", 0.0) for r in results) / weight
         return out
 
     def eval_loss(self, batch: dict) -> float:
@@ -378,7 +403,7 @@ class LearnerGroup:
     def greedy_generate(
         self, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int
     ) -> list[list[int]]:
-        return ray.get(self.ranks[0].greedy_generate.remote(prompt_ids, max_new_tokens, eos_id))
+        return ray.get([r.greedy_generate.remote(prompt_ids, max_new_tokens, eos_id) for r in self.ranks])[0]
 
     def shutdown(self) -> None:
         for r in self.ranks:

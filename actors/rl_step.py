@@ -30,15 +30,31 @@ class RLStepper:
         self.timings: dict[str, list[float]] = defaultdict(list)
 
     # ---- generation across workers ---------------------------------------------------------------------------
-    def _generate(self, prompts: list[str], n: int, temperature: float, seed: int) -> list[dict]:
+    def _encode(self, rows: list[dict]) -> list[list[int]]:
+        # Same tokenization as the SFT data (switchpoint.data): template applied, no special tokens added.
+        return [
+            self.tokenizer.encode(format_prompt(r, self.template), add_special_tokens=False) for r in rows
+        ]
+
+    def _generate(self, prompts: list[list[int]], n: int, temperature: float, seed: int | None) -> list[dict]:
+        """Spread prompts round-robin over the engines; each prompt gets its own sampling seed."""
         k = len(self.workers)
-        parts = [prompts[i::k] for i in range(k)]
+        seeds = (
+            None
+            if seed is None
+            else [random.Random(seed * 1_000_003 + j).getrandbits(31) for j in range(len(prompts))]
+        )
         refs = [
             w.generate.remote(
-                p, n, temperature, self.cfg.rollout.max_tokens, seed + j, self.cfg.rollout.top_p
+                prompts[j::k],
+                n,
+                temperature,
+                self.cfg.rollout.max_tokens,
+                None if seeds is None else seeds[j::k],
+                self.cfg.rollout.top_p,
             )
-            for j, (w, p) in enumerate(zip(self.workers, parts))
-            if p
+            for j, w in enumerate(self.workers)
+            if prompts[j::k]
         ]
         outs = ray.get(refs)
         merged: list = [None] * len(prompts)
@@ -76,14 +92,16 @@ class RLStepper:
         t0 = time.perf_counter()
         t_gen = t_ver = 0.0
         kept_outs, kept_scores, all_scores, statuses = [], [], [], defaultdict(int)
-        generated_prompts = gen_tokens = 0
+        generated_prompts = gen_tokens = prompt_tokens = 0
         for rnd in range(cfg.rl.max_gen_rounds if self.dynamic_sampling else 1):
             need = cfg.rl.prompts_per_step - len(kept_outs)
             rows = self._next_prompts(need if rnd == 0 else max(need, cfg.rl.prompts_per_step // 2))
-            prompts = [format_prompt(r, self.template) for r in rows]
             t = time.perf_counter()
             outs = self._generate(
-                prompts, cfg.rl.group_size, cfg.rollout.temperature, cfg.run.seed * 100003 + i * 31 + rnd
+                self._encode(rows),
+                cfg.rl.group_size,
+                cfg.rollout.temperature,
+                (cfg.run.seed * 100_003 + i) * 7 + rnd,
             )
             t_gen += time.perf_counter() - t
             t = time.perf_counter()
@@ -93,6 +111,7 @@ class RLStepper:
                 statuses[k] += v
             generated_prompts += len(rows)
             gen_tokens += sum(len(s["token_ids"]) for o in outs for s in o["samples"])
+            prompt_tokens += sum(len(o["prompt_token_ids"]) for o in outs)
             all_scores += scores
             for o, s in zip(outs, scores):
                 informative = max(s) != min(s)
@@ -131,15 +150,15 @@ class RLStepper:
         else:
             row.update(loss=None, skipped="no informative groups")
         n_seq = max(1, generated_prompts * cfg.rl.group_size)
-        mean_len = (
-            sum(len(o["prompt_token_ids"]) for o in kept_outs) / max(1, len(kept_outs))
-        ) + gen_tokens / n_seq
+        mean_len = prompt_tokens / max(1, generated_prompts) + gen_tokens / n_seq
         if cfg.rl.algorithm == "dapo":
             row["step_flops"] = dapo_step_flops(
                 self.hf_config, generated_prompts, len(kept_outs), cfg.rl.group_size, mean_len
             )
-        else:
+        elif kept_outs:
             row["step_flops"] = grpo_step_flops(self.hf_config, len(kept_outs), cfg.rl.group_size, mean_len)
+        else:
+            row["step_flops"] = 0.0
         total = time.perf_counter() - t0
         row["timing"] = {
             "generate": t_gen,
@@ -180,11 +199,12 @@ class RLStepper:
     # ---- held-out accuracy -----------------------------------------------------------------------------------
     def evaluate(self) -> dict:
         cfg = self.cfg
-        prompts = [format_prompt(r, self.template) for r in self.eval_rows]
+        prompts = self._encode(self.eval_rows)
         t = time.perf_counter()
+        # The same seeds at every evaluation, so accuracy changes come from the weights, not the dice.
         outs = self._generate(prompts, cfg.eval.samples, cfg.eval.temperature, seed=cfg.run.seed + 7)
         scores, statuses = self._score(outs, self.eval_rows)
-        greedy = self._generate(prompts, 1, 0.0, seed=0)
+        greedy = self._generate(prompts, 1, 0.0, seed=None)
         g_scores, _ = self._score(greedy, self.eval_rows)
         summary = summarize_eval(scores, ks=(1, cfg.eval.samples))
         return {

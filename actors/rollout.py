@@ -17,7 +17,7 @@ class RolloutWorker:
     ):
         # In-process engine: starts in seconds inside a Ray actor and lets collective_rpc reach the model directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         import torch
         from vllm import LLM
@@ -50,25 +50,31 @@ class RolloutWorker:
 
     def generate(
         self,
-        prompts: list[str],
+        prompts: list,
         n: int,
         temperature: float,
         max_tokens: int,
-        seed: int | None = None,
+        seeds: list[int] | None = None,
         top_p: float = 1.0,
     ) -> list[dict]:
-        """For each prompt: prompt token ids and n completions (token ids, text, sampled-token logprobs)."""
+        """For each prompt (token ids, or text): prompt token ids and n completions (token ids, text,
+        sampled-token logprobs). seeds gives each prompt its own sampling stream."""
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_tokens,
-            logprobs=0 if temperature > 0 else None,
-            seed=seed,
-        )
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        def params(seed):
+            return SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                logprobs=0 if temperature > 0 else None,
+                seed=seed,
+            )
+
+        # Token ids go in as they are, so RL prompts are tokenized exactly like the SFT data (no extra BOS).
+        inputs = [{"prompt_token_ids": list(p)} if not isinstance(p, str) else p for p in prompts]
+        sampling = [params(sd) for sd in seeds] if seeds is not None else params(None)
+        outs = self.llm.generate(inputs, sampling, use_tqdm=False)
         results = []
         for out in outs:
             samples = []
@@ -90,7 +96,7 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def greedy(self, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    def greedy(self, prompts: list, max_tokens: int) -> list[list[int]]:
         outs = self.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens)
         return [o["samples"][0]["token_ids"] for o in outs]
 

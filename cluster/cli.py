@@ -33,12 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.set_defaults(func=_cmd_run)
-    try:
-        from cluster import analyze
+    from cluster import analyze
 
-        analyze.add_parser(sub)
-    except ImportError:  # analytics not installed in this build
-        pass
+    analyze.add_parser(sub)
     return parser
 
 

@@ -160,8 +160,8 @@ class RolloutConfig:
     """Sampling temperature for RL rollouts."""
     top_p: float = 1.0
     """Nucleus sampling for RL rollouts."""
-    kv_cache_gib: float = 0.5
-    """KV cache size per CPU engine (VLLM_CPU_KVCACHE_SPACE) in GiB."""
+    kv_cache_gib: int = 1
+    """KV cache size per CPU engine in whole GiB (VLLM_CPU_KVCACHE_SPACE; CPU only)."""
     gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory vLLM may take (GPU only)."""
     weight_sync: str = "object_store"
@@ -183,8 +183,9 @@ class RLConfig:
     """Samples per prompt (G)."""
     clip_low: float = 0.2
     """Lower clip: ratio >= 1 - clip_low."""
-    clip_high: float = 0.28
-    """Upper clip: ratio <= 1 + clip_high (DAPO's clip-higher)."""
+    clip_high: float = 0.0
+    """Upper clip: ratio <= 1 + clip_high. 0 means the algorithm's own: 0.28 for dapo (clip-higher), clip_low
+    (symmetric) for grpo and dr_grpo."""
     minibatches: int = 1
     """Optimizer updates per RL step: the kept groups are split into this many mini-batches, with the rollout
     engine's logprobs as the behaviour policy (so later updates see ratios != 1 and the clip matters)."""
@@ -263,6 +264,24 @@ POSITIVE = (
     "eval.max_prompts",
     "data.max_len",
     "learner.lr",
+    "rollout.kv_cache_gib",
+)
+
+
+NON_NEGATIVE = (
+    "learner.micro_batch_size",
+    "learner.warmup_steps",
+    "rl.steps",
+    "sft.max_steps",
+    "learner.weight_decay",
+    "learner.rl_lr",
+    "rollout.temperature",
+    "eval.temperature",
+    "rollout.check_sync_prompts",
+    "learner.cpus_per_rank",
+    "learner.gpus_per_rank",
+    "rollout.cpus_per_worker",
+    "rollout.gpus_per_worker",
 )
 
 
@@ -323,10 +342,19 @@ def _validate(cfg: Config) -> Config:
             f"config key 'sft.batch_size' ({cfg.sft.batch_size}) must divide evenly over "
             f"learner.num_ranks ({cfg.learner.num_ranks})"
         )
-    if cfg.rl.algorithm == "dapo" and not (0 < cfg.rl.clip_low < 1 and cfg.rl.clip_high > 0):
+    if not 0 < cfg.rl.clip_low < 1:
+        raise ConfigError(f"config key 'rl.clip_low' must be in (0, 1), got {cfg.rl.clip_low}")
+    if cfg.rl.clip_high < 0:
         raise ConfigError(
-            "config keys 'rl.clip_low'/'rl.clip_high' must satisfy 0 < clip_low < 1 and clip_high > 0"
+            f"config key 'rl.clip_high' must be >= 0 (0: the algorithm's own), got {cfg.rl.clip_high}"
         )
+    if cfg.rl.clip_high == 0:
+        cfg.rl.clip_high = 0.28 if cfg.rl.algorithm == "dapo" else cfg.rl.clip_low
+    for key in NON_NEGATIVE:
+        if get_key(cfg, key) < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {get_key(cfg, key)}")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.data.source == "files":
         for key in ("sft_train_path", "sft_val_path", "rl_path", "eval_path"):
             if not getattr(cfg.data, key):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 
 from switchpoint.config import Config, ConfigError
@@ -33,24 +34,45 @@ def resolve_paths(cfg: Config) -> Config:
     return cfg
 
 
-def ensure_model(cfg: Config) -> str:
-    path = cfg.model.path
-    if not os.path.isdir(path):
-        if not cfg.model.build_tiny:
-            raise ConfigError(f"model folder not found: {path} (config key 'model.path')")
-        from switchpoint.tiny_model import build_tiny_model
+def tiny_model_path(cfg: Config) -> str:
+    """The tiny default's folder: one per shape and seed under model.path, so a changed knob never reuses
+    a model built for other settings."""
+    t = cfg.model.tiny
+    stamp = (
+        f"h{t.hidden_size}_i{t.intermediate_size}_l{t.num_hidden_layers}_a{t.num_attention_heads}"
+        f"_p{t.max_position_embeddings}_s{cfg.run.seed}"
+    )
+    return os.path.join(cfg.model.path, stamp)
 
-        t = cfg.model.tiny
-        build_tiny_model(
-            path,
-            hidden_size=t.hidden_size,
-            intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_hidden_layers,
-            num_attention_heads=t.num_attention_heads,
-            num_key_value_heads=t.num_attention_heads,
-            max_position_embeddings=t.max_position_embeddings,
-            seed=cfg.run.seed,
-        )
+
+def ensure_model(cfg: Config) -> str:
+    """The model folder the actors load: model.path, or (build_tiny) the tiny model built on first use."""
+    path = cfg.model.path
+    if cfg.model.build_tiny:
+        path = tiny_model_path(cfg)
+        if not os.path.isdir(path):
+            from switchpoint.tiny_model import build_tiny_model
+
+            t = cfg.model.tiny
+            # Build beside the target and rename: concurrent runs never see a half-written folder.
+            tmp = f"{path}.tmp-{os.getpid()}"
+            build_tiny_model(
+                tmp,
+                hidden_size=t.hidden_size,
+                intermediate_size=t.intermediate_size,
+                num_hidden_layers=t.num_hidden_layers,
+                num_attention_heads=t.num_attention_heads,
+                num_key_value_heads=t.num_attention_heads,
+                max_position_embeddings=t.max_position_embeddings,
+                seed=cfg.run.seed,
+                overwrite=True,
+            )
+            try:
+                os.rename(tmp, path)
+            except OSError:  # another run built it first
+                shutil.rmtree(tmp, ignore_errors=True)
+    elif not os.path.isdir(path):
+        raise ConfigError(f"model folder not found: {path} (config key 'model.path')")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ConfigError(
             f"model folder {path} has no config.json: not a Hugging Face model folder "

@@ -105,6 +105,8 @@ def test_cli_malformed_data_row_is_one_line(tmp_path):
         "--set",
         f"model.path={model}",
         "--set",
+        "model.build_tiny=false",
+        "--set",
         "data.source=files",
         "--set",
         f"data.sft_train_path={paths['train']}",
