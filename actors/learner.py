@@ -6,6 +6,7 @@ and the same weights; nothing is restarted. gloo on CPU, NCCL on GPU; ZeRO stage
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -118,6 +119,17 @@ class LearnerRank:
         if objective == "rl" and self.rl.get("lr"):
             self._set_lr(self.rl["lr"])
 
+    def _sft_lr(self, step: int) -> float:
+        """Linear warm-up, then constant or cosine decay to min_lr_ratio * lr."""
+        c = self.cfg
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        if c.lr_schedule == "constant":
+            return c.lr
+        span = max(1, c.decay_steps - c.warmup_steps)
+        progress = min(1.0, (step - c.warmup_steps) / span)
+        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -135,8 +147,7 @@ class LearnerRank:
         t0 = time.perf_counter()
         self.engine.train()
         if self.objective == "sft":
-            warm = max(1, self.cfg.warmup_steps)
-            self._set_lr(self.cfg.lr * min(1.0, (self.sft_step + 1) / warm))
+            self._set_lr(self._sft_lr(self.sft_step))
             self.sft_step += 1
         size = self.cfg.micro_batch_size or len(shard["input_ids"])
         totals: dict[str, float] = {}

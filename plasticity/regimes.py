@@ -116,21 +116,19 @@ class SwitchPolicy:
 
 
 class StablePolicy(SwitchPolicy):
-    """Switch once the loss has plateaued (no relative gain > delta for `patience` evals) and the latest
-    checkpoint is inside the Stable band of the minimum so far."""
+    """Once the loss has plateaued (no relative gain > delta for `patience` evals), switch from the latest
+    checkpoint inside the Stable band of the minimum so far: the current one, or an earlier one if the loss has
+    already drifted up (checkpoints are kept at every evaluation, so the rollback is cheap)."""
 
     name = "stable"
 
     def _decide(self) -> Decision | None:
-        best = min(self.losses)
-        in_band = self.losses[-1] <= (1 + self.delta) * best
-        if in_band and self._evals_without_progress() >= self.patience:
-            return Decision(
-                self.steps[-1],
-                self.steps[-1],
-                f"plateau for {self.patience} evals, within {self.delta:.0%} of min",
-            )
-        return None
+        if self._evals_without_progress() < self.patience:
+            return None
+        band = (1 + self.delta) * min(self.losses)
+        i = max(i for i, x in enumerate(self.losses) if x <= band)
+        why = f"plateau for {self.patience} evals; latest checkpoint within {self.delta:.0%} of the minimum"
+        return Decision(self.steps[-1], self.steps[i], why)
 
 
 class MildPolicy(SwitchPolicy):

@@ -114,6 +114,12 @@ class LearnerConfig:
     """AdamW weight decay."""
     warmup_steps: int = 20
     """Linear warm-up steps at the start of SFT."""
+    lr_schedule: str = "constant"
+    """SFT learning rate after warm-up: constant, or cosine decay to min_lr_ratio * lr over decay_steps."""
+    min_lr_ratio: float = 0.1
+    """Floor of the cosine schedule, as a fraction of lr."""
+    decay_steps: int = 0
+    """Length of the cosine decay (0: sft.max_steps)."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""
     reset_optimizer_at_switch: bool = False
@@ -246,6 +252,7 @@ CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "rollout.weight_sync": ("object_store", "disk"),
     "rl.algorithm": ("dapo", "grpo", "dr_grpo"),
+    "learner.lr_schedule": ("constant", "cosine"),
 }
 POSITIVE = (
     "learner.num_ranks",
@@ -282,6 +289,7 @@ NON_NEGATIVE = (
     "learner.gpus_per_rank",
     "rollout.cpus_per_worker",
     "rollout.gpus_per_worker",
+    "learner.decay_steps",
 )
 
 
@@ -353,6 +361,12 @@ def _validate(cfg: Config) -> Config:
     for key in NON_NEGATIVE:
         if get_key(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {get_key(cfg, key)}")
+    if cfg.learner.decay_steps == 0:
+        cfg.learner.decay_steps = cfg.sft.max_steps
+    if not 0 <= cfg.learner.min_lr_ratio <= 1:
+        raise ConfigError(
+            f"config key 'learner.min_lr_ratio' must be in [0, 1], got {cfg.learner.min_lr_ratio}"
+        )
     if not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.data.source == "files":

@@ -2,9 +2,12 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -24,10 +27,13 @@ def head(tmp_path):
     env = dict(os.environ, RAY_AUTH_MODE="token", PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     env.pop("RAY_ADDRESS", None)
     dash = _free_port()
+    # --block keeps this head in one process tree we own, so teardown stops this cluster only (`ray stop`
+    # would stop every Ray on the machine).
     start = [
         os.path.join(BIN, "ray"),
         "start",
         "--head",
+        "--block",
         "--node-ip-address=127.0.0.1",
         f"--port={_free_port()}",
         "--dashboard-host=127.0.0.1",
@@ -35,10 +41,23 @@ def head(tmp_path):
         "--num-cpus=6",
         "--disable-usage-stats",
     ]
-    r = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stdout + r.stderr
-    yield env, f"http://127.0.0.1:{dash}"
-    subprocess.run([os.path.join(BIN, "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    proc = subprocess.Popen(start, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 180
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            assert time.time() < deadline, "ray head did not come up in 180 s"
+            time.sleep(1)
+    yield env, address
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def test_job_submit_runs_the_pipeline(head, tmp_path):
@@ -64,6 +83,8 @@ def test_job_submit_runs_the_pipeline(head, tmp_path):
         "rl.steps=2",
         "--set",
         "sft.max_steps=20",
+        "--set",
+        "rollout.num_workers=2",  # prompts spread over two engines, each synced
     ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
@@ -71,6 +92,8 @@ def test_job_submit_runs_the_pipeline(head, tmp_path):
     (run_dir,) = list(out.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["switch"] is not None and summary["accuracy"]["final"] is not None
+    assert len(summary["actor_pids"]["at_start"]["rollout"]) == 2
+    assert summary["greedy_check_final"]["equal"] is True
     # The job is listed by the cluster's job API (what the dashboard shows).
     jobs = subprocess.run(
         [os.path.join(BIN, "ray"), "job", "list", "--address", address],

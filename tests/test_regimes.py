@@ -66,3 +66,12 @@ def test_bad_losses_are_rejected(bad):
 def test_unknown_policy():
     with pytest.raises(ValueError, match="known"):
         make_policy("sometime")
+
+
+def test_stable_rolls_back_to_the_last_checkpoint_in_the_band():
+    # The minimum is a single point; the loss then settles 8% above it (mild overfitting).
+    curve = [(0, 4.0), (100, 0.2), (200, 0.1), (300, 0.052), (320, 0.0553), (340, 0.0545), (360, 0.0583)]
+    d = replay("stable", curve=curve, patience=2)
+    assert d.step == 340 and d.from_step == 300
+    labels = dict(zip([s for s, _ in curve], label_regimes([v for _, v in curve])))
+    assert labels[d.from_step] == STABLE
