@@ -21,7 +21,7 @@ from actors.run_folder import RunFolder
 from actors.verifier import VerifierPool
 from actors.weight_sync import make_weight_sync
 from plasticity.flops import sft_step_flops
-from plasticity.regimes import make_policy, online_regime
+from plasticity.regimes import label_regimes, make_policy, online_regime
 from switchpoint.config import Config, from_dict
 from switchpoint.data import tokenize_sft_with_stats
 from switchpoint.prepare import ensure_model, load_splits
@@ -270,13 +270,16 @@ class Controller:
         self.learner.set_objective("rl", rl, reset_optimizer=cfg.learner.reset_optimizer_at_switch)
         sync = self.sync.sync(self.learner, self.workers, decision.from_step)
         losses = [v for s, v in val_losses if s <= decision.from_step]
+        seen = [v for s, v in val_losses if s <= decision.step]
         switch = {
             "step": decision.from_step,
             "decided_at_step": decision.step,
             "reason": decision.reason,
             "policy": cfg.switch.policy,
             "val_loss": losses[-1],
-            "regime": online_regime(losses, cfg.switch.delta, cfg.switch.delta2),
+            # The branch point's regime given every loss seen when the decision was taken (a rollback knows
+            # the losses that came after its checkpoint).
+            "regime": label_regimes(seen, cfg.switch.delta, cfg.switch.delta2)[len(losses) - 1],
             "seconds": time.perf_counter() - t0,
             "sync_seconds": sync["seconds"],
             "at_seconds": at_seconds,
