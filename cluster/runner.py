@@ -38,6 +38,7 @@ def init_ray(cfg: Config | None = None) -> None:
         )
     # Ray's CPU count is a scheduling budget: a small machine oversubscribes its cores rather than deadlock.
     ray.init(
+        address="local",  # always a new local Ray, never a cluster already running here
         num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
         _node_ip_address="127.0.0.1",
         include_dashboard=False,

@@ -34,6 +34,7 @@ def stack(tmp_path_factory):
     rows = [make_problem(rng, 1) for _ in range(32)]
     examples = tokenize_sft(rows, tok, max_len=64)
     ray.init(
+        address="local",  # always a new local Ray, never a cluster already running here
         num_cpus=4,
         _node_ip_address="127.0.0.1",
         include_dashboard=False,

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -43,21 +42,31 @@ def head(tmp_path):
     ]
     proc = subprocess.Popen(start, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     address = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 180
-    while True:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except OSError:
-            assert time.time() < deadline, "ray head did not come up in 180 s"
-            time.sleep(1)
-    yield env, address
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        deadline = time.time() + 180
+        # Ready when the job API answers (the dashboard answers earlier than its job agent).
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            probe = subprocess.run(
+                [os.path.join(BIN, "ray"), "job", "list", "--address", address],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if probe.returncode == 0:
+                break
+            assert time.time() < deadline, (
+                "ray head's job API did not come up in 180 s: " + probe.stderr[-500:]
+            )
+            time.sleep(2)
+        yield env, address
+    finally:  # also when start-up failed: never leave a head behind for later tests to join
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def test_job_submit_runs_the_pipeline(head, tmp_path):
@@ -86,7 +95,12 @@ def test_job_submit_runs_the_pipeline(head, tmp_path):
         "--set",
         "rollout.num_workers=2",  # prompts spread over two engines, each synced
     ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    for _ in range(60):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+        # The head's job agent may come up a little after its API; Ray says to try again later.
+        if r.returncode == 0 or "No available agent" not in r.stdout + r.stderr:
+            break
+        time.sleep(2)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "succeeded" in r.stdout
     (run_dir,) = list(out.iterdir())

@@ -32,6 +32,7 @@ def local_ray():
     # Workers start in the driver's directory with its sys.path; PYTHONPATH makes "tests.faults" importable
     # there however pytest was launched.
     ray.init(
+        address="local",  # always a new local Ray, never a cluster already running here
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
