@@ -144,7 +144,8 @@ def test_runs_on_different_expert_data_are_ranked(tmp_path):
 
 
 def test_cli_entry_point(tmp_path, capsys):
-    cli = pytest.importorskip("cluster.cli")
+    from cluster import cli
+
     run = write_run(str(tmp_path), "tiny", 225, a_post=80.0)
     assert cli.main(["analyze", run, "--no-plots", "--bootstrap", "0"]) == 0
     assert "tiny" in capsys.readouterr().out
