@@ -224,11 +224,9 @@ class Controller:
                 "grad_norm": out["grad_norm"],
                 "seconds": time.time() - self.state["started"],
             }
+            self.folder.log(row)
             if step % cfg.sft.eval_every == 0 or step == cfg.sft.max_steps:
-                self.folder.log(row)
                 decision = self._validate(step, flops, policy, val_losses)
-            else:
-                self.folder.log(row)
         if decision is None and cfg.switch.policy != "never" and not self.stop_requested:
             from plasticity.regimes import Decision
 
@@ -334,13 +332,11 @@ class Controller:
                 flops=flops,
                 seconds=time.time() - self.state["started"],
             )
+            self.folder.log(row)
             if i % cfg.rl.eval_every == 0 or i == cfg.rl.steps:
-                self.folder.log(row)
                 last_eval = self._eval(switch_step + i, flops)
                 # RL checkpoints at every held-out eval: a crash later loses at most eval_every steps.
                 self.learner.save_hf(os.path.join(self.run_dir, "checkpoints", f"rl_step_{i:06d}"))
-            else:
-                self.folder.log(row)
             self.state["last"].update(reward=row.get("reward_mean"), loss=row.get("loss"))
         return last_eval
 

@@ -244,11 +244,10 @@ class LearnerRank:
         import deepspeed
 
         params = list(self.engine.module.named_parameters())
-        if self.cfg.zero_stage == 3:
-            # Every rank must take part in the gather; only rank 0 keeps the result.
-            with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
-                return {n: p.detach().cpu().clone() for n, p in params} if self.rank == 0 else {}
-        return {n: p.detach().cpu().clone() for n, p in params} if self.rank == 0 else {}
+        # Under ZeRO-3 every rank must take part in the gather; only rank 0 keeps the result.
+        gather = self.cfg.zero_stage == 3
+        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None, enabled=gather):
+            return {n: p.detach().cpu().clone() for n, p in params} if self.rank == 0 else {}
 
     def get_weights(self) -> dict | None:
         """Full weights (name -> CPU tensor) on rank 0, None elsewhere."""
@@ -285,12 +284,8 @@ class LearnerRank:
         for f in files:
             sd.update(load_file(os.path.join(path, f)))
         params = dict(self.engine.module.named_parameters())
-        ctx = (
-            deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0)
-            if self.cfg.zero_stage == 3
-            else _nullcontext()
-        )
-        with ctx:
+        gather = self.cfg.zero_stage == 3
+        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0, enabled=gather):
             for n, p in params.items():
                 if n in sd:
                     p.data.copy_(sd[n].to(p.dtype))
@@ -320,14 +315,6 @@ class LearnerRank:
                     x = torch.cat([x, torch.tensor([[nxt]], device=self.device)], dim=1)
                 out.append(gen)
         return out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 class LearnerGroup:
