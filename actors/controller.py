@@ -295,7 +295,9 @@ class Controller:
                 "switch_seconds": switch["seconds"],
             }
         )
-        self.state["last"].update(switch_step=decision.from_step, switch_regime=switch["regime"])
+        self.state["last"].update(
+            switch_step=decision.from_step, switch_regime=switch["regime"], switch_val_loss=switch["val_loss"]
+        )
         return switch
 
     # ---- RL --------------------------------------------------------------------------------------------------

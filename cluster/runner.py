@@ -71,13 +71,13 @@ def _progress_line(s: dict) -> str:
         where = f"RL {s['step']}/{s['rl_steps']}"
     else:
         where = phase
-    parts = [
-        f"[{s['elapsed']:6.0f}s] {where:<28}",
-        f"loss {_fmt(last.get('loss'))}",
-        f"val {_fmt(last.get('val_loss'))} ({last.get('regime', '-')})",
-    ]
+    parts = [f"[{s['elapsed']:6.0f}s] {where:<28}", f"loss {_fmt(last.get('loss'))}"]
     if "switch_step" in last:
-        parts.append(f"switched@{last['switch_step']} ({last['switch_regime']})")
+        # After the switch the last SFT validation is stale; show the branch point RL started from.
+        sw_val = _fmt(last.get("switch_val_loss"))
+        parts.append(f"switched@{last['switch_step']} (val {sw_val}, {last['switch_regime']})")
+    else:
+        parts.append(f"val {_fmt(last.get('val_loss'))} ({last.get('regime', '-')})")
     parts += [
         f"reward {_fmt(last.get('reward'), '.3f')}",
         f"held-out acc {_fmt(last.get('accuracy'), '.3f')}",

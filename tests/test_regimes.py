@@ -1,8 +1,14 @@
 """Retrospective regime labels (paper Eq. 5-9) and the online switch policies."""
 
+import json
+import os
+
 import pytest
 
 from plasticity.regimes import ADAPTIVE, MILD, SEVERE, STABLE, label_regimes, make_policy, online_regime
+from switchpoint.config import load_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 # A U-shaped SFT curve: descent, a flat bottom, then overfitting.
 CURVE = [(0, 3.0), (10, 1.5), (20, 1.02), (30, 1.005), (40, 1.0), (50, 1.01), (60, 1.05), (70, 1.2)]
@@ -75,3 +81,30 @@ def test_stable_rolls_back_to_the_last_checkpoint_in_the_band():
     assert d.step == 340 and d.from_step == 300
     labels = dict(zip([s for s, _ in curve], label_regimes([v for _, v in curve])))
     assert labels[d.from_step] == STABLE
+
+
+# Real SFT curves of the embedded default (configs/tiny.yaml run to sft.max_steps with policy `never`, 5 seeds;
+# see tests/data/README.md). The default switch policy, as configured, must pick a checkpoint that is Stable in
+# hindsight, i.e. judged against the whole curve it never saw.
+def _tiny_curves():
+    with open(os.path.join(HERE, "data", "tiny_sft_curves.json")) as f:
+        return json.load(f)["curves"]
+
+
+@pytest.mark.parametrize("seed", ["seed0", "seed1", "seed2", "seed3", "seed4"])
+def test_tiny_default_policy_switches_stable_in_hindsight(seed):
+    cfg = load_config(os.path.join(HERE, "..", "configs", "tiny.yaml"))
+    curve = [(s, v) for s, v in _tiny_curves()[seed]]
+    assert curve[-1][0] == cfg.sft.max_steps  # the whole SFT budget, so the labels are final
+    d = replay(
+        cfg.switch.policy,
+        curve=curve,
+        delta=cfg.switch.delta,
+        delta2=cfg.switch.delta2,
+        patience=cfg.switch.patience,
+    )
+    assert d is not None and d.step < cfg.sft.max_steps
+    labels = dict(
+        zip([s for s, _ in curve], label_regimes([v for _, v in curve], cfg.switch.delta, cfg.switch.delta2))
+    )
+    assert labels[d.from_step] == STABLE, (d, labels)
