@@ -79,12 +79,35 @@ def _fit_branch(branch, search: CeilingSearch) -> CeilingFit:
         )
 
 
+REPLAY_DEFAULTS = {"delta": 0.02, "delta2": 0.10, "patience": 2}
+
+
+def _replay_settings(scene, given: dict) -> tuple[dict, str]:
+    """Thresholds and patience for a scene: as given on the command line, else the runs' own switch config (so
+    a replay judges the policy the runs actually used), else the paper's defaults."""
+    from_runs = [run.config.get("switch") or {} for run in scene.runs]
+    settings, source = {}, {}
+    for key, default in REPLAY_DEFAULTS.items():
+        seen = {sw[key] for sw in from_runs if key in sw}
+        if given.get(key) is not None:
+            settings[key], source[key] = given[key], "given"
+        elif len(seen) == 1:
+            settings[key], source[key] = seen.pop(), "run config"
+        else:  # no config, or runs that disagree
+            settings[key], source[key] = default, "default"
+    text = ", ".join(f"{k} {settings[k]:g} ({source[k]})" for k in REPLAY_DEFAULTS)
+    return settings, text
+
+
 def _regimes(curves: Curves, delta, delta2, patience, policies) -> tuple[dict, list[dict]]:
     summaries, out = {}, []
+    given = {"delta": delta, "delta2": delta2, "patience": patience}
     for scene in curves.scenes:
         sft = scene.sft
         if sft is None or sft.val_loss is None or len(sft.steps) < 2:
             continue
+        settings, settings_text = _replay_settings(scene, given)
+        delta, delta2, patience = settings["delta"], settings["delta2"], settings["patience"]
         summary = analyze_sft_curve(sft.steps, sft.val_loss, sft.compute, delta, delta2)
         summaries[scene.name] = summary
         replays = compare_policies(summary, policies, delta, delta2, patience)
@@ -100,7 +123,8 @@ def _regimes(curves: Curves, delta, delta2, patience, policies) -> tuple[dict, l
                 **summary.to_dict(),
                 "policies": [c.to_dict() for c in replays],
                 "runs": [c.to_dict() for c in actual],
-                "lines": [describe(c) for c in replays + actual],
+                "replay_settings": settings,
+                "lines": [f"replayed with {settings_text}"] + [describe(c) for c in replays + actual],
             }
         )
     return summaries, out
@@ -132,12 +156,14 @@ def analyze(
     search: CeilingSearch | None = None,
     out_dir: str | None = None,
     plots: bool = True,
-    delta: float = 0.02,
-    delta2: float = 0.10,
-    patience: int = 2,
+    delta: float | None = None,
+    delta2: float | None = None,
+    patience: int | None = None,
     policies=("stable", "mild", "min_loss"),
 ) -> dict:
-    """Run the whole analysis of PATH; returns the report (JSON-ready) and writes plots to out_dir."""
+    """Run the whole analysis of PATH; returns the report (JSON-ready) and writes plots to out_dir.
+
+    delta, delta2, patience: None takes them from the runs' switch config when they agree, else 0.02 / 0.10 / 2."""
     t0 = time.perf_counter()
     curves = load_path(path)
     search = search or CeilingSearch()
@@ -180,10 +206,12 @@ def _plots(curves, fits, summaries, selection, out_dir, delta, delta2) -> list[s
     ]
     if selection is not None:
         written.append(plots.plot_selection(selection, os.path.join(out_dir, "selection.png")))
+    given = {"delta": delta, "delta2": delta2, "patience": None}
     for scene in scenes:
+        settings, _ = _replay_settings(scene, given)
         for run in scene.runs:
             png = os.path.join(out_dir, f"run_{run.name}.png")
-            written.append(plots.plot_run(run.rows, run.summary, png, delta, delta2))
+            written.append(plots.plot_run(run.rows, run.summary, png, settings["delta"], settings["delta2"]))
     return written
 
 
@@ -260,9 +288,10 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--gap-weight", type=float, default=0.2, help="w in R2_held - w * max(0, R2_fit - R2_held)"
     )
-    p.add_argument("--delta", type=float, default=0.02, help="Stable band: L <= (1 + delta) * L_min")
-    p.add_argument("--delta2", type=float, default=0.10, help="Severe: L >= (1 + delta2) * L_min")
-    p.add_argument("--patience", type=int, default=2, help="patience of the replayed switch policies")
+    runs_or = "default: the runs' switch config, else"
+    p.add_argument("--delta", type=float, help=f"Stable band: L <= (1 + delta) * L_min ({runs_or} 0.02)")
+    p.add_argument("--delta2", type=float, help=f"Severe: L >= (1 + delta2) * L_min ({runs_or} 0.10)")
+    p.add_argument("--patience", type=int, help=f"patience of the replayed switch policies ({runs_or} 2)")
     p.add_argument(
         "--policies", default="stable,mild,min_loss", help="switch policies to replay, comma-separated"
     )

@@ -80,8 +80,14 @@ class Run:
     path: str
     rows: list[dict]
     summary: dict
-    data_key: str = ""
-    """The config's data section as text: runs sharing it trained on the same expert data."""
+    config: dict = field(default_factory=dict)
+    """The run's resolved config.yaml ({} when absent)."""
+
+    @property
+    def data_key(self) -> str:
+        """The config's data section as text: runs sharing it trained on the same expert data ('' if unknown)."""
+        data = self.config.get("data")
+        return json.dumps(data, sort_keys=True) if data else ""
 
 
 @dataclass
@@ -196,11 +202,11 @@ def _read_rows(path: str) -> list[dict]:
     return rows
 
 
-def _data_key(run_dir: str) -> str:
-    """The config's data section (what expert data the run used), as sorted text; '' when unknown."""
+def _read_config(run_dir: str) -> dict:
+    """RUN/config.yaml as a dict; {} when the run has none."""
     cfg_path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(cfg_path):
-        return ""
+        return {}
     import yaml
 
     with open(cfg_path) as f:
@@ -208,8 +214,7 @@ def _data_key(run_dir: str) -> str:
             cfg = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"{cfg_path}: not YAML ({e})") from None
-    data = cfg.get("data") if isinstance(cfg, dict) else None
-    return json.dumps(data, sort_keys=True) if data else ""
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def load_run(run_dir: str) -> Run:
@@ -226,7 +231,7 @@ def load_run(run_dir: str) -> Run:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{summary_path}: not JSON ({e})") from None
     name = summary.get("run_name") or os.path.basename(os.path.normpath(run_dir))
-    return Run(name, run_dir, rows, summary, _data_key(run_dir))
+    return Run(name, run_dir, rows, summary, _read_config(run_dir))
 
 
 def run_sft_curve(run: Run) -> SFTCurve | None:

@@ -132,11 +132,14 @@ class StablePolicy(SwitchPolicy):
 
 
 class MildPolicy(SwitchPolicy):
-    """Switch at the first checkpoint past the Stable band (early Mild overfitting)."""
+    """Switch at the first checkpoint past the Stable band (early Mild overfitting) once the loss has plateaued
+    (no relative gain > delta for `patience` evals): a bump during the descent is noise, not overfitting."""
 
     name = "mild"
 
     def _decide(self) -> Decision | None:
+        if self._evals_without_progress() < self.patience:
+            return None
         best = min(self.losses)
         latest = self.losses[-1]
         if (1 + self.delta) * best < latest < (1 + self.delta2) * best:

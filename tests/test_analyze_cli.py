@@ -25,7 +25,16 @@ def sft_loss(step, floor=0.8):
 
 
 def write_run(
-    folder, name, switch_step, a_post, floor=0.8, difficulty=1, rl_steps=60, seed=0, policy="stable"
+    folder,
+    name,
+    switch_step,
+    a_post,
+    floor=0.8,
+    difficulty=1,
+    rl_steps=60,
+    seed=0,
+    policy="stable",
+    patience=None,
 ):
     """A run folder with the files and row keys actors/controller.py writes (tiny model, realistic values)."""
     rng = np.random.default_rng(seed)
@@ -33,6 +42,8 @@ def write_run(
     os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
     with open(os.path.join(path, "config.yaml"), "w") as f:
         f.write(f"run:\n  name: {name}\ndata:\n  source: synthetic\n  difficulty: {difficulty}\n")
+        if patience is not None:
+            f.write(f"switch:\n  policy: {policy}\n  patience: {patience}\n  delta: 0.02\n  delta2: 0.1\n")
     rows, flops, val_losses = [], 0.0, []
     for step in range(0, switch_step + 1):
         if step > 0:
@@ -125,6 +136,32 @@ def test_folder_of_branches_from_one_trunk(tmp_path, capsys):
     assert [c["label"] for c in reg["runs"]] == ["adaptive", "stable", "mild"]
     assert is_png(tmp_path / "o" / "apost_vs_switch.png")
     assert "Stable window steps 175-250" in capsys.readouterr().out
+
+
+def test_replay_uses_the_runs_switch_config_unless_given(tmp_path):
+    trunk = str(tmp_path / "trunk")
+    for i, step in enumerate((150, 300)):
+        write_run(trunk, f"switch_{step}", step, 75.0, seed=i, patience=3)
+    report = analyze_cmd.analyze(trunk, FAST, plots=False)
+    (reg,) = report["regimes"]
+    assert reg["replay_settings"] == {"delta": 0.02, "delta2": 0.1, "patience": 3}
+    assert (
+        reg["lines"][0]
+        == "replayed with delta 0.02 (run config), delta2 0.1 (run config), patience 3 (run config)"
+    )
+    # min_loss waits `patience` validations (25 steps apart) past the minimum at 225
+    decided = {c["policy"]: c["decided_at"] for c in reg["policies"]}
+    given = analyze_cmd.analyze(trunk, FAST, plots=False, patience=2)["regimes"][0]
+    assert given["replay_settings"]["patience"] == 2 and "patience 2 (given)" in given["lines"][0]
+    assert (
+        {c["policy"]: c["decided_at"] for c in given["policies"]}["min_loss"]
+        == decided["min_loss"] - 25
+        == 275
+    )
+    # runs that disagree fall back to the paper's default and say so
+    write_run(trunk, "switch_225", 225, 75.0, seed=3, patience=4)
+    (mixed,) = analyze_cmd.analyze(trunk, FAST, plots=False)["regimes"]
+    assert mixed["replay_settings"]["patience"] == 2 and "patience 2 (default)" in mixed["lines"][0]
 
 
 def test_runs_on_different_expert_data_are_ranked(tmp_path):
