@@ -101,15 +101,15 @@ class SwitchPolicy:
     def _decide(self) -> Decision | None:
         raise NotImplementedError
 
-    # Evaluations since the best loss last improved by more than delta (relative).
-    def _evals_without_progress(self) -> int:
+    def _plateaued(self) -> bool:
+        """No relative gain > delta over the best loss for the last `patience` evaluations."""
         best, since = self.losses[0], 0
         for x in self.losses[1:]:
             if x < best / (1 + self.delta):
                 best, since = x, 0
             else:
                 best, since = min(best, x), since + 1
-        return since
+        return since >= self.patience
 
     def _regime(self) -> str:
         return online_regime(self.losses, self.delta, self.delta2)
@@ -123,7 +123,7 @@ class StablePolicy(SwitchPolicy):
     name = "stable"
 
     def _decide(self) -> Decision | None:
-        if self._evals_without_progress() < self.patience:
+        if not self._plateaued():
             return None
         band = (1 + self.delta) * min(self.losses)
         i = max(i for i, x in enumerate(self.losses) if x <= band)
@@ -138,7 +138,7 @@ class MildPolicy(SwitchPolicy):
     name = "mild"
 
     def _decide(self) -> Decision | None:
-        if self._evals_without_progress() < self.patience:
+        if not self._plateaued():
             return None
         best = min(self.losses)
         latest = self.losses[-1]
