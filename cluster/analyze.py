@@ -99,18 +99,18 @@ def _replay_settings(scene, given: dict) -> tuple[dict, str]:
     return settings, text
 
 
-def _regimes(curves: Curves, delta, delta2, patience, policies) -> tuple[dict, list[dict]]:
+def _regimes(curves: Curves, replay: dict, policies) -> tuple[dict, list[dict]]:
     summaries, out = {}, []
-    given = {"delta": delta, "delta2": delta2, "patience": patience}
     for scene in curves.scenes:
         sft = scene.sft
         if sft is None or sft.val_loss is None or len(sft.steps) < 2:
             continue
-        settings, settings_text = _replay_settings(scene, given)
-        delta, delta2, patience = settings["delta"], settings["delta2"], settings["patience"]
-        summary = analyze_sft_curve(sft.steps, sft.val_loss, sft.compute, delta, delta2)
+        settings, settings_text = replay[scene.name]
+        summary = analyze_sft_curve(
+            sft.steps, sft.val_loss, sft.compute, settings["delta"], settings["delta2"]
+        )
         summaries[scene.name] = summary
-        replays = compare_policies(summary, policies, delta, delta2, patience)
+        replays = compare_policies(summary, policies, **settings)
         actual = []
         for run in scene.runs:
             switch = run.summary.get("switch")
@@ -173,7 +173,9 @@ def analyze(
             fit = _fit_branch(branch, search)
             fits[(scene.name, branch.checkpoint, branch.label)] = fit
             rows.append(branch_row(scene, branch, fit))
-    summaries, regimes = _regimes(curves, delta, delta2, patience, policies)
+    given = {"delta": delta, "delta2": delta2, "patience": patience}
+    replay = {scene.name: _replay_settings(scene, given) for scene in curves.scenes}
+    summaries, regimes = _regimes(curves, replay, policies)
     selection = _selection(curves, fits)
     notes = list(curves.notes)
     if curves.source == "run" and curves.scenes[0].branches:
@@ -188,14 +190,12 @@ def analyze(
         "plots": [],
     }
     if plots:
-        report["plots"] = _plots(
-            curves, fits, summaries, selection, out_dir or default_out_dir(path), delta, delta2
-        )
+        report["plots"] = _plots(curves, fits, summaries, selection, out_dir or default_out_dir(path), replay)
     report["seconds"] = time.perf_counter() - t0
     return _finite(report)
 
 
-def _plots(curves, fits, summaries, selection, out_dir, delta, delta2) -> list[str]:
+def _plots(curves, fits, summaries, selection, out_dir, replay: dict) -> list[str]:
     from plasticity import plots
 
     scenes = curves.scenes
@@ -206,9 +206,8 @@ def _plots(curves, fits, summaries, selection, out_dir, delta, delta2) -> list[s
     ]
     if selection is not None:
         written.append(plots.plot_selection(selection, os.path.join(out_dir, "selection.png")))
-    given = {"delta": delta, "delta2": delta2, "patience": None}
     for scene in scenes:
-        settings, _ = _replay_settings(scene, given)
+        settings, _ = replay[scene.name]
         for run in scene.runs:
             png = os.path.join(out_dir, f"run_{run.name}.png")
             written.append(plots.plot_run(run.rows, run.summary, png, settings["delta"], settings["delta2"]))
