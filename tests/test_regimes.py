@@ -24,6 +24,11 @@ def test_delta_is_configurable():
     assert labels[6] == STABLE and labels[7] == SEVERE
 
 
+def hindsight(curve, delta=0.02, delta2=0.10):
+    """{step: regime} of a whole curve."""
+    return dict(zip([s for s, _ in curve], label_regimes([v for _, v in curve], delta, delta2)))
+
+
 def replay(spec, curve=CURVE, **kw):
     policy = make_policy(spec, **kw)
     for step, loss in curve:
@@ -36,7 +41,7 @@ def replay(spec, curve=CURVE, **kw):
 def test_stable_switches_on_the_plateau_inside_the_stable_window():
     d = replay("stable", patience=2)
     assert d is not None and d.step == d.from_step
-    retro = dict(zip([s for s, _ in CURVE], label_regimes([v for _, v in CURVE])))
+    retro = hindsight(CURVE)
     assert retro[d.step] == STABLE
 
 
@@ -79,7 +84,7 @@ def test_stable_rolls_back_to_the_last_checkpoint_in_the_band():
     curve = [(0, 4.0), (100, 0.2), (200, 0.1), (300, 0.052), (320, 0.0553), (340, 0.0545), (360, 0.0583)]
     d = replay("stable", curve=curve, patience=2)
     assert d.step == 340 and d.from_step == 300
-    labels = dict(zip([s for s, _ in curve], label_regimes([v for _, v in curve])))
+    labels = hindsight(curve)
     assert labels[d.from_step] == STABLE
 
 
@@ -94,7 +99,7 @@ def _tiny_curves():
 @pytest.mark.parametrize("seed", ["seed0", "seed1", "seed2", "seed3", "seed4"])
 def test_tiny_default_policy_switches_stable_in_hindsight(seed):
     cfg = load_config(os.path.join(HERE, "..", "configs", "tiny.yaml"))
-    curve = [(s, v) for s, v in _tiny_curves()[seed]]
+    curve = _tiny_curves()[seed]
     assert curve[-1][0] == cfg.sft.max_steps  # the whole SFT budget, so the labels are final
     d = replay(
         cfg.switch.policy,
@@ -104,16 +109,14 @@ def test_tiny_default_policy_switches_stable_in_hindsight(seed):
         patience=cfg.switch.patience,
     )
     assert d is not None and d.step < cfg.sft.max_steps
-    labels = dict(
-        zip([s for s, _ in curve], label_regimes([v for _, v in curve], cfg.switch.delta, cfg.switch.delta2))
-    )
+    labels = hindsight(curve, cfg.switch.delta, cfg.switch.delta2)
     assert labels[d.from_step] == STABLE, (d, labels)
 
 
 @pytest.mark.parametrize("seed", ["seed0", "seed1", "seed2", "seed3", "seed4"])
 def test_mild_policy_never_mistakes_a_bump_in_the_descent_for_overfitting(seed):
-    curve = [(s, v) for s, v in _tiny_curves()[seed]]
-    labels = dict(zip([s for s, _ in curve], label_regimes([v for _, v in curve])))
+    curve = _tiny_curves()[seed]
+    labels = hindsight(curve)
     d = replay("mild", curve=curve, patience=4)
     # seed4 jumps from its minimum straight into Severe, so there is no Mild checkpoint to take.
     assert (d is None and MILD not in labels.values()) or labels[d.from_step] == MILD, (d, labels)
