@@ -15,22 +15,30 @@ import time
 import ray
 
 from actors.learner import LearnerGroup
+from actors.placement import Placement
 from actors.rl_step import RLStepper
 from actors.rollout import RolloutWorker
 from actors.run_folder import RunFolder
 from actors.verifier import VerifierPool
 from actors.weight_sync import make_weight_sync
 from plasticity.flops import sft_step_flops
-from plasticity.regimes import label_regimes, make_policy, online_regime
-from switchpoint.config import Config, from_dict
+from plasticity.regimes import Decision, label_regimes, make_policy, online_regime
+from switchpoint.config import Config, ConfigError, from_dict
 from switchpoint.data import tokenize_sft_with_stats
 from switchpoint.prepare import ensure_model, load_splits
+from switchpoint.trunk import Trunk, load_trunk
 
 
 class Controller:
-    def __init__(self, cfg_dict: dict, run_dir: str):
+    def __init__(
+        self, cfg_dict: dict, run_dir: str, trunk_dir: str | None = None, placement: Placement | None = None
+    ):
+        """trunk_dir: branch RL from this trunk's checkpoint (switch.policy names it) instead of training SFT.
+        placement: bundles of a placement group to put the actors on (inside a Tune trial)."""
         self.cfg: Config = from_dict(cfg_dict)
         self.run_dir = run_dir
+        self.trunk: Trunk | None = load_trunk(trunk_dir) if trunk_dir else None
+        self.placement = placement or Placement()
         self.state = {
             "phase": "starting",
             "step": 0,
@@ -75,6 +83,11 @@ class Controller:
             self._shutdown()
 
     def _setup(self) -> None:
+        self._prepare_data()
+        self._start_actors()
+        self._branch_helpers()
+
+    def _prepare_data(self) -> None:
         from transformers import AutoTokenizer
 
         cfg = self.cfg
@@ -96,21 +109,41 @@ class Controller:
             "truncated": stats.n_truncated,
         }
 
+        self.model_path = model_path
+
+    def _start_actors(self) -> None:
+        cfg, place, model_path = self.cfg, self.placement, self.model_path
         self._phase("starting actors")
         max_len = int(self.hf_config.get("max_position_embeddings", 2048))
         worker_cls = ray.remote(num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker)(
             RolloutWorker
         )
+        # Engines start first (asynchronously) so they come up while the learner group sets up DeepSpeed.
+        rl = cfg.switch.policy != "never" or self.trunk is not None  # pure SFT (a trunk) needs no engines
         self.workers = [
-            worker_cls.remote(model_path, cfg.rollout, max_len, cfg.model.dtype, cfg.run.seed + i)
-            for i in range(cfg.rollout.num_workers)
+            worker_cls.options(**place.options("rollout", i)).remote(
+                model_path, cfg.rollout, max_len, cfg.model.dtype, cfg.run.seed + i
+            )
+            for i in range(cfg.rollout.num_workers if rl else 0)
         ]
-        self.verifier = VerifierPool(
-            cfg.verifier.num_workers, cfg.verifier.kind, cfg.verifier.timeout_s, cfg.verifier.cpus_per_worker
+        self.verifier = None
+        if rl:
+            self.verifier = VerifierPool(
+                cfg.verifier.num_workers,
+                cfg.verifier.kind,
+                cfg.verifier.timeout_s,
+                cfg.verifier.cpus_per_worker,
+                actor_options=[place.options("verifier", i) for i in range(cfg.verifier.num_workers)],
+            )
+        self.learner = LearnerGroup(
+            model_path, cfg.learner, cfg.model.dtype, cfg.run.seed, pg=place.pg, bundles=place.learner
         )
-        self.learner = LearnerGroup(model_path, cfg.learner, cfg.model.dtype, cfg.run.seed)
         self.worker_info = ray.get([w.ready.remote() for w in self.workers])
         self.pids = self._pids()
+
+    def _branch_helpers(self) -> None:
+        """What a branch needs beyond the actors: built anew per branch when live actors are reused."""
+        cfg = self.cfg
         self.sync = make_weight_sync(cfg.rollout.weight_sync, self.run_dir)
         self.stepper = RLStepper(
             cfg, self.learner, self.workers, self.verifier, self.tokenizer, self.hf_config, self.splits
@@ -123,7 +156,10 @@ class Controller:
         t_sft = time.time()
         summary = self.summary
         summary.update(switch=None, accuracy={"at_switch": None, "final": None}, sft_val_losses=[])
-        decision, sft_flops, val_losses = self._sft()
+        if self.trunk is not None:
+            decision, sft_flops, val_losses = self._from_trunk()
+        else:
+            decision, sft_flops, val_losses = self._sft()
         summary.update(
             {
                 "data": self.data_info,
@@ -132,7 +168,7 @@ class Controller:
                 "sft_val_losses": val_losses,
                 "switch": None,
                 "accuracy": {"at_switch": None, "final": None},
-                "optimizer_reset_at_switch": cfg.learner.reset_optimizer_at_switch,
+                "optimizer_reset_at_switch": cfg.learner.reset_optimizer_at_switch or self.trunk is not None,
             }
         )
         if decision is not None and not self.stop_requested:
@@ -195,17 +231,29 @@ class Controller:
             }
         )
         self.state["last"].update(val_loss=val, regime=regime)
+        self.regimes_seen.append(regime)
         return decision
+
+    def _severe_too_long(self) -> bool:
+        n = self.cfg.sft.stop_after_severe
+        return n > 0 and len(self.regimes_seen) >= n and set(self.regimes_seen[-n:]) == {"severe"}
 
     def _sft(self):
         cfg = self.cfg
         policy = make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
         val_losses: list = self.summary["sft_val_losses"]  # filled in place: a crash keeps the curve
         flops = 0.0
+        self.regimes_seen: list[str] = []
         decision = self._validate(0, flops, policy, val_losses)
         batches = self._batches()
         step = 0
+        self.summary["sft_stop_reason"] = f"SFT budget sft.max_steps={cfg.sft.max_steps} reached"
         while decision is None and step < cfg.sft.max_steps and not self.stop_requested:
+            if self._severe_too_long():
+                self.summary["sft_stop_reason"] = (
+                    f"Severe overfitting for {cfg.sft.stop_after_severe} validations (sft.stop_after_severe)"
+                )
+                break
             batch = next(batches)
             global_tokens = sum(sum(e["loss_mask"][1:]) for e in batch)
             out = self.learner.train_step(self._stack(batch), global_tokens)
@@ -228,10 +276,46 @@ class Controller:
             if step % cfg.sft.eval_every == 0 or step == cfg.sft.max_steps:
                 decision = self._validate(step, flops, policy, val_losses)
         if decision is None and cfg.switch.policy != "never" and not self.stop_requested:
-            from plasticity.regimes import Decision
-
-            decision = Decision(step, step, f"SFT budget sft.max_steps={cfg.sft.max_steps} reached")
+            decision = Decision(step, step, self.summary["sft_stop_reason"])
         return decision, flops, val_losses
+
+    def _from_trunk(self):
+        """The branch point on the trunk (step:N, or any policy replayed on the trunk's curve), with the trunk's
+        SFT rows up to it copied into this run's metrics, so the run folder reads like one that trained SFT."""
+        cfg, trunk = self.cfg, self.trunk
+        policy = make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
+        decision = None
+        for c in trunk.checkpoints:
+            decision = policy.observe(c.step, c.val_loss)
+            if decision is not None:
+                break
+        if decision is None:
+            if cfg.switch.policy == "never":
+                raise ConfigError(
+                    "a run from a trunk needs a switch policy other than 'never' (switch.policy)"
+                )
+            last = trunk.checkpoints[-1].step
+            decision = Decision(last, last, "the trunk's last checkpoint (the policy did not fire on it)")
+        at = trunk.checkpoint(decision.from_step)
+        for c in trunk.checkpoints:
+            if c.step > decision.step:
+                break
+            self.folder.log(
+                {
+                    "phase": "sft",
+                    "step": c.step,
+                    "val_loss": c.val_loss,
+                    "regime": c.online_regime,
+                    "flops": c.flops,
+                    "checkpoint": c.path,
+                    "from_trunk": True,
+                }
+            )
+        val_losses = self.summary["sft_val_losses"]
+        val_losses[:] = trunk.losses_up_to(decision.step)
+        self.summary["trunk"] = {"dir": trunk.dir, "key": trunk.key, "branch_step": at.step}
+        reason = f"branch from trunk {os.path.basename(trunk.dir)} at step {at.step} ({decision.reason})"
+        return Decision(decision.step, at.step, reason), at.flops, val_losses
 
     def _pids(self) -> dict:
         return {"learner": self.learner.pids(), "rollout": ray.get([w.pid.remote() for w in self.workers])}
@@ -251,21 +335,29 @@ class Controller:
         matches = [sum(a == b for a, b in zip(learner, e)) for e in engines]
         return {"prompts": n, "matching": min(matches), "equal": all(m == n for m in matches)}
 
-    # ---- the hot swap ----------------------------------------------------------------------------------------
-    def _switch(self, decision, val_losses: list, at_seconds: float) -> dict:
+    def _rl_settings(self) -> dict:
         cfg = self.cfg
-        self._phase("switching to RL")
-        t0 = time.perf_counter()
-        if decision.from_step != val_losses[-1][0]:
-            self.learner.load_hf(self.folder.checkpoint_path(decision.from_step))
-        rl = {
+        return {
             "algorithm": cfg.rl.algorithm,
             "clip_low": cfg.rl.clip_low,
             "clip_high": cfg.rl.clip_high,
             "lr": cfg.learner.rl_lr or cfg.learner.lr,
             "max_tokens": cfg.rollout.max_tokens,
         }
-        self.learner.set_objective("rl", rl, reset_optimizer=cfg.learner.reset_optimizer_at_switch)
+
+    # ---- the hot swap ----------------------------------------------------------------------------------------
+    def _switch(self, decision, val_losses: list, at_seconds: float) -> dict:
+        cfg = self.cfg
+        self._phase("switching to RL")
+        t0 = time.perf_counter()
+        reset = cfg.learner.reset_optimizer_at_switch
+        if self.trunk is not None:
+            # A branch starts from the trunk's weights with a new optimizer, as the paper's RL runs do.
+            self.learner.load_hf(self.trunk.checkpoint(decision.from_step).path)
+            reset = True
+        elif decision.from_step != val_losses[-1][0]:
+            self.learner.load_hf(self.folder.checkpoint_path(decision.from_step))
+        self.learner.set_objective("rl", self._rl_settings(), reset_optimizer=reset)
         sync = self.sync.sync(self.learner, self.workers, decision.from_step)
         losses = [v for s, v in val_losses if s <= decision.from_step]
         seen = [v for s, v in val_losses if s <= decision.step]
@@ -278,6 +370,8 @@ class Controller:
             # The branch point's regime given every loss seen when the decision was taken (a rollback knows
             # the losses that came after its checkpoint).
             "regime": label_regimes(seen, cfg.switch.delta, cfg.switch.delta2)[len(losses) - 1],
+            "regime_basis": f"online: the losses seen up to step {decision.step}",
+            "optimizer_reset": reset,
             "seconds": time.perf_counter() - t0,
             "sync_seconds": sync["seconds"],
             "at_seconds": at_seconds,
@@ -285,6 +379,11 @@ class Controller:
             "greedy_check": self._check_sync(),
             "same_processes": self._pids() == self.pids,
         }
+        if self.trunk is not None:
+            # The trunk's whole curve is known: its hindsight label is the paper's.
+            switch["regime_online"] = switch["regime"]
+            switch["regime"] = self.trunk.checkpoint(decision.from_step).regime
+            switch["regime_basis"] = f"hindsight: the trunk's curve to step {self.trunk.steps()[-1]}"
         self.folder.log(
             {
                 "phase": "switch",
@@ -317,30 +416,37 @@ class Controller:
         return res
 
     def _rl(self, switch_step: int, flops: float, last_eval: dict) -> dict:
-        cfg = self.cfg
-        for i in range(1, cfg.rl.steps + 1):
+        self.rl_flops = flops
+        for i in range(1, self.cfg.rl.steps + 1):
             if self.stop_requested:
                 break
-            self.state.update(phase="rl", step=i)
-            row = self.stepper.step(i)
-            sync = self.sync.sync(self.learner, self.workers, switch_step + i)
-            row["timing"]["weight_sync"] = sync["seconds"]
-            self.stepper.record_sync(sync["seconds"])
-            flops += row.pop("step_flops")
-            row.update(
-                phase="rl",
-                step=switch_step + i,
-                rl_step=i,
-                flops=flops,
-                seconds=time.time() - self.state["started"],
-            )
-            self.folder.log(row)
-            if i % cfg.rl.eval_every == 0 or i == cfg.rl.steps:
-                last_eval = self._eval(switch_step + i, flops)
-                # RL checkpoints at every held-out eval: a crash later loses at most eval_every steps.
-                self.learner.save_hf(os.path.join(self.run_dir, "checkpoints", f"rl_step_{i:06d}"))
-            self.state["last"].update(reward=row.get("reward_mean"), loss=row.get("loss"))
+            last_eval = self._rl_step(i, switch_step) or last_eval
         return last_eval
+
+    def _rl_step(self, i: int, switch_step: int) -> dict | None:
+        """RL step i after the switch; returns the held-out evaluation when one is due."""
+        cfg = self.cfg
+        self.state.update(phase="rl", step=i)
+        row = self.stepper.step(i)
+        sync = self.sync.sync(self.learner, self.workers, switch_step + i)
+        row["timing"]["weight_sync"] = sync["seconds"]
+        self.stepper.record_sync(sync["seconds"])
+        self.rl_flops += row.pop("step_flops")
+        row.update(
+            phase="rl",
+            step=switch_step + i,
+            rl_step=i,
+            flops=self.rl_flops,
+            seconds=time.time() - self.state["started"],
+        )
+        self.folder.log(row)
+        self.state["last"].update(reward=row.get("reward_mean"), loss=row.get("loss"))
+        if i % cfg.rl.eval_every == 0 or i == cfg.rl.steps:
+            res = self._eval(switch_step + i, self.rl_flops)
+            # RL checkpoints at every held-out eval: a crash later loses at most eval_every steps.
+            self.learner.save_hf(os.path.join(self.run_dir, "checkpoints", f"rl_step_{i:06d}"))
+            return res
+        return None
 
     def _shutdown(self) -> None:
         for name in ("learner", "verifier"):

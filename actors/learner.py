@@ -294,6 +294,15 @@ class LearnerRank:
         if hasattr(self.optimizer, "refresh_fp32_params"):
             self.optimizer.refresh_fp32_params()
 
+    def save_state(self, path: str) -> None:
+        """A DeepSpeed checkpoint (weights and optimizer moments, each rank its part) to resume training from."""
+        self.engine.save_checkpoint(path, tag="state", save_latest=False)
+
+    def load_state(self, path: str) -> None:
+        self.engine.load_checkpoint(
+            path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+
     def greedy_generate(
         self, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int
     ) -> list[list[int]]:
@@ -320,19 +329,37 @@ class LearnerRank:
 class LearnerGroup:
     """N LearnerRank actors in one placement group; calls fan out to all ranks."""
 
-    def __init__(self, model_path: str, cfg: LearnerConfig, dtype: str = "auto", seed: int = 0):
+    def __init__(
+        self,
+        model_path: str,
+        cfg: LearnerConfig,
+        dtype: str = "auto",
+        seed: int = 0,
+        pg=None,
+        bundles: tuple[int, ...] = (),
+    ):
+        """pg/bundles: place the ranks on these bundles of an existing placement group (a Tune trial's;
+        groups do not nest). Without them the group makes its own placement group and removes it at shutdown."""
         n = cfg.num_ranks
-        bundle = {"CPU": cfg.cpus_per_rank}
-        if cfg.gpus_per_rank:
-            bundle["GPU"] = cfg.gpus_per_rank
-        self.pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
-        ray.get(self.pg.ready(), timeout=300)
+        self.own_pg = pg is None
+        if self.own_pg:
+            bundle = {"CPU": cfg.cpus_per_rank}
+            if cfg.gpus_per_rank:
+                bundle["GPU"] = cfg.gpus_per_rank
+            pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
+            ray.get(pg.ready(), timeout=300)
+            bundles = tuple(range(n))
+        self.pg = pg
         actor_cls = ray.remote(LearnerRank)
         self.ranks = [
             actor_cls.options(
                 num_cpus=cfg.cpus_per_rank,
                 num_gpus=cfg.gpus_per_rank,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.pg,
+                    placement_group_bundle_index=bundles[i],
+                    placement_group_capture_child_tasks=False,
+                ),
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(cfg.torch_threads)}},
             ).remote(i, n, model_path, cfg, dtype, seed)
             for i in range(n)
@@ -395,6 +422,12 @@ class LearnerGroup:
     def load_hf(self, path: str) -> None:
         ray.get([r.load_hf.remote(path) for r in self.ranks])
 
+    def save_state(self, path: str) -> None:
+        ray.get([r.save_state.remote(path) for r in self.ranks])
+
+    def load_state(self, path: str) -> None:
+        ray.get([r.load_state.remote(path) for r in self.ranks])
+
     def pids(self) -> list[int]:
         return ray.get([r.pid.remote() for r in self.ranks])
 
@@ -406,4 +439,5 @@ class LearnerGroup:
     def shutdown(self) -> None:
         for r in self.ranks:
             ray.kill(r)
-        remove_placement_group(self.pg)
+        if self.own_pg:
+            remove_placement_group(self.pg)

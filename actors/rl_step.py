@@ -190,6 +190,16 @@ class RLStepper:
             global_count = float(sum(sum(m[1:]) for m in batch["loss_mask"]))
         return self.learner.train_step(batch, max(global_count, 1.0))
 
+    def get_state(self) -> dict:
+        """The prompt sampler's position (RNG and the rest of the shuffled order), JSON-safe, for resume."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "order": list(self.order)}
+
+    def set_state(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order = list(state["order"])
+
     def record_sync(self, seconds: float) -> None:
         self.timings["weight_sync"].append(seconds)
 

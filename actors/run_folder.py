@@ -38,6 +38,17 @@ class RunFolder:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
 
+    def replace_rows(self, rows: list[dict]) -> None:
+        """Rewrite metrics.jsonl as exactly these rows (a resumed branch: no duplicated or missing rows)."""
+        self._metrics.close()
+        path = os.path.join(self.path, "metrics.jsonl")
+        with open(path + ".tmp", "w") as f:
+            for row in rows:
+                f.write(json.dumps(_clean(row)) + "\n")
+        os.replace(path + ".tmp", path)
+        self.rows = list(rows)
+        self._metrics = open(path, "a")
+
     def checkpoint_path(self, step: int) -> str:
         return os.path.join(self.path, "checkpoints", f"step_{step:06d}")
 

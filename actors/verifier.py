@@ -363,7 +363,9 @@ class VerifierPool:
         timeout_s: float = 5.0,
         num_cpus_per_worker: float = 0.25,
         chunk_size: int = 16,
+        actor_options: list[dict] | None = None,
     ):
+        """actor_options: per-worker `.options(...)` (e.g. a placement-group bundle inside a Tune trial)."""
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
         if not timeout_s > 0:
@@ -378,7 +380,10 @@ class VerifierPool:
         self.num_workers = num_workers
         self._chunk_size = chunk_size
         actor_class = ray.remote(num_cpus=num_cpus_per_worker)(VerifierWorker)
-        self._workers = [actor_class.remote(spec, timeout_s, chunk_size) for _ in range(num_workers)]
+        opts = actor_options or [{} for _ in range(num_workers)]
+        self._workers = [
+            actor_class.options(**opts[i]).remote(spec, timeout_s, chunk_size) for i in range(num_workers)
+        ]
         self._counts = dict.fromkeys(STATUSES, 0)
         try:
             ray.get([worker.ready.remote() for worker in self._workers])

@@ -1,4 +1,4 @@
-"""`switchpoint` command line: run a pipeline, analyze runs."""
+"""`switchpoint` command line: run a pipeline, train a trunk, sweep branch points with Ray Tune, analyze runs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _cmd_run(args) -> int:
     from switchpoint.config import load_config
 
     cfg = load_config(args.config, args.set)
-    run_dir, summary = run_pipeline(cfg, quiet=args.quiet)
+    run_dir, summary = run_pipeline(cfg, quiet=args.quiet, from_trunk=args.from_trunk)
     print_summary(run_dir, summary)
     return 0
 
@@ -32,7 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set rl.steps=20 (repeatable)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.add_argument(
+        "--from-trunk",
+        metavar="TRUNK_DIR",
+        help="skip SFT: start RL from this trunk's checkpoint (switch.policy=step:N names it) with a new optimizer",
+    )
     run.set_defaults(func=_cmd_run)
+
+    from cluster import trunk, tune
+
+    tr = sub.add_parser("trunk", help="train (or find) the SFT trunk of a config: checkpoints with regimes")
+    tr.add_argument("config", help="YAML config")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tr.add_argument("--quiet", action="store_true", help="no progress line")
+    tr.set_defaults(func=trunk.cmd_trunk)
+    tn = sub.add_parser("tune", help="Ray Tune search of branch points and RL settings on one SFT trunk")
+    tune.add_arguments(tn, config_flag=False)
+    tn.set_defaults(func=tune.cmd_tune)
     from cluster import analyze
 
     analyze.add_parser(sub)

@@ -14,7 +14,7 @@ from switchpoint.prepare import ensure_model, load_splits, resolve_paths
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def init_ray(cfg: Config | None = None) -> None:
+def init_ray(cfg: Config | None = None, need_cpus: float | None = None) -> None:
     """Join RAY_ADDRESS when set (a `ray start` head or a `ray job submit` job); else a local Ray on 127.0.0.1."""
     if ray.is_initialized():
         return
@@ -29,7 +29,9 @@ def init_ray(cfg: Config | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
         return
     need = 4.0
-    if cfg is not None:
+    if need_cpus is not None:
+        need = need_cpus + 1
+    elif cfg is not None:
         need = (
             cfg.learner.num_ranks * cfg.learner.cpus_per_rank
             + cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
@@ -85,19 +87,36 @@ def _progress_line(s: dict) -> str:
     return "  ".join(parts)
 
 
-def run_pipeline(cfg: Config, quiet: bool = False) -> tuple[str, dict]:
-    """Run one SFT -> switch -> RL pipeline; returns (run folder, summary)."""
+def run_pipeline(
+    cfg: Config, quiet: bool = False, run_dir: str | None = None, from_trunk: str | None = None
+) -> tuple[str, dict]:
+    """Run one SFT -> switch -> RL pipeline; returns (run folder, summary). from_trunk: skip SFT and branch RL
+    from that trunk's checkpoint (the one switch.policy names, e.g. step:N)."""
     from actors.controller import Controller
 
+    if from_trunk:
+        from cluster.trunk import check_trunk_matches
+        from switchpoint.trunk import load_trunk
+
+        trunk = load_trunk(from_trunk)
+        check_trunk_matches(trunk, cfg)  # on the config as written, before paths are resolved
+        if cfg.switch.policy.startswith("step:"):
+            trunk.checkpoint(int(cfg.switch.policy.split(":", 1)[1]))  # a missing step fails here, named
+        from_trunk = trunk.dir
     cfg = resolve_paths(cfg)
     # Fail on a bad model path or a bad data row here, before any actor starts.
     ensure_model(cfg)
     load_splits(cfg)
-    run_dir = new_run_dir(cfg)
+    if run_dir is None:
+        run_dir = new_run_dir(cfg)
+    else:
+        os.makedirs(run_dir, exist_ok=True)
     init_ray(cfg)
     name = f"switchpoint-controller-{os.path.basename(run_dir)}"
     controller = (
-        ray.remote(Controller).options(name=name, num_cpus=0, max_concurrency=4).remote(to_dict(cfg), run_dir)
+        ray.remote(Controller)
+        .options(name=name, num_cpus=0, max_concurrency=4)
+        .remote(to_dict(cfg), run_dir, from_trunk)
     )
     if not quiet:
         print(f"run folder: {run_dir}\ncontroller actor: {name}", flush=True)

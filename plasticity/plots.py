@@ -221,3 +221,45 @@ def plot_selection(report, out_png: str) -> str:
     )
     ax.set_title(f"Data selection: {label} vs ceiling ({corr})", fontsize=9)
     return _save(fig, out_png)
+
+
+def plot_sweep(rows: list[dict], trunk: dict, recommended: dict | None, out_png: str) -> str:
+    """A_post (with its interval) against the branch step, one series per searched setting; the trunk's
+    hindsight regimes shaded, its validation loss on a second axis, stopped branches marked with x."""
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    shade_regimes(ax, trunk["steps"], trunk["regimes"])
+    loss_ax = ax.twinx()
+    loss_ax.plot(trunk["steps"], trunk["val_losses"], color="0.35", lw=0.9, label="trunk val loss")
+    loss_ax.set_ylabel("SFT validation loss")
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r.get("settings_label") or "branch", []).append(r)
+    for i, (label, members) in enumerate(sorted(groups.items())):
+        color = _color(i, len(groups))
+        members = sorted(members, key=lambda r: r["branch_step"])
+        pts = [r for r in members if r.get("a_post") is not None]
+        if pts:
+            xs = [r["branch_step"] for r in pts]
+            a = np.array([r["a_post"] for r in pts])
+            lo = np.array([r["a_post_lo"] if r.get("a_post_lo") is not None else r["a_post"] for r in pts])
+            hi = np.array([r["a_post_hi"] if r.get("a_post_hi") is not None else r["a_post"] for r in pts])
+            ax.errorbar(xs, a, yerr=[a - lo, hi - a], fmt="o-", color=color, ms=5, capsize=3, label=label)
+        for r in members:
+            y = r["a_post"] if r.get("a_post") is not None else r.get("best_accuracy")
+            if r.get("stopped_early") and y is not None:
+                ax.plot([r["branch_step"]], [y], "x", color="black", ms=9, mew=2)
+        ax.plot([r["branch_step"] for r in members], [r["p_sft"] for r in members], ".:", color=color, lw=0.8)
+    if any(r.get("stopped_early") for r in rows):
+        ax.plot([], [], "x", color="black", ms=8, mew=2, label="stopped early")
+    if recommended and recommended.get("a_post") is not None:
+        ax.plot([recommended["branch_step"]], [recommended["a_post"]], "*", color="gold", mec="black", ms=16,
+                label="recommended", zorder=5)  # fmt: skip
+    ax.plot([], [], ".:", color="0.3", label="P_sft (dotted)")
+    ax.set_xlabel("branch point: SFT step of the trunk checkpoint")
+    ax.set_ylabel("held-out accuracy (%): A_post with interval")
+    ax.set_zorder(loss_ax.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Ceiling of each RL branch against its branch point", fontsize=10)
+    return _save(fig, out_png)

@@ -138,6 +138,9 @@ class SFTConfig:
     """SFT step budget; the run switches (or stops, policy `never`) here at the latest."""
     eval_every: int = 20
     """Validation loss + checkpoint every this many steps."""
+    stop_after_severe: int = 0
+    """Stop SFT once the online regime has been Severe for this many validations in a row (0: never; useful
+    for trunks, whose tail past Severe only costs compute)."""
 
 
 @dataclass
@@ -224,6 +227,40 @@ class EvalConfig:
 
 
 @dataclass
+class TuneConfig:
+    trunk: str = ""
+    """Trunk folder (from `switchpoint trunk`) the sweep branches from. Empty: OUTPUT_DIR/trunks/trunk-KEY, where
+    KEY hashes the SFT settings; an existing trunk with the same settings is reused, never re-trained."""
+    branch_points: list = field(default_factory=lambda: ["stable:last"])
+    """Trunk checkpoints to branch RL from. Each item: a step (300); a hindsight regime (adaptive, stable, mild,
+    severe) alone = all its checkpoints, or with :first / :middle / :last / :all; or `all`."""
+    space: dict = field(default_factory=dict)
+    """Other config keys to search, as Tune domains: `learner.rl_lr: loguniform(1e-5, 1e-3)`,
+    `rl.algorithm: choice([dapo, dr_grpo])`, `rl.minibatches: grid([1, 2])`, or a YAML list (a grid).
+    Keys that shape the SFT trunk (model, data, sft, run.seed, SFT learner settings) cannot be searched."""
+    num_samples: int = 1
+    """Tune's num_samples: repeats of the grid, or draws of the random domains."""
+    max_concurrent_trials: int = 1
+    """Branches run at the same time (each needs the whole actor stack's CPUs/GPUs)."""
+    search_alg: str = "grid"
+    """grid (every combination; domains sampled), random (branch points and lists drawn as choices), or any
+    Ray Tune searcher by name (optuna, hyperopt, ...; its package must be installed)."""
+    scheduler: str = "ceiling"
+    """ceiling (stop a branch whose fitted ceiling's upper bound is below the best branch's lower bound, or the
+    best accuracy observed), asha (Tune's ASHA on held-out accuracy) or fifo (no early stopping)."""
+    min_evals: int = 6
+    """Ceiling stopper: held-out evaluations after the branch point before a branch's ceiling is fitted."""
+    confirm: int = 2
+    """Ceiling stopper: consecutive evaluations the stop condition must hold (one noisy point never stops)."""
+    reuse_actors: bool = True
+    """Keep the trial process and its learner, vLLM and verifier actors between trials, loading the next
+    branch's weights into them (Tune's reuse_actors + reset_config)."""
+    checkpoint_every: int = 1
+    """Save a Tune checkpoint of the branch (weights, optimizer, RL step, sampler state) every this many
+    evaluations, so an interrupted trial resumes from there."""
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     """Run identity and output folder."""
@@ -245,6 +282,8 @@ class Config:
     """Reward / verifier pool."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Held-out accuracy."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """Ray Tune search of branch points and RL settings (`switchpoint tune`); ignored by `switchpoint run`."""
 
 
 CHOICES = {
@@ -253,6 +292,7 @@ CHOICES = {
     "rollout.weight_sync": ("object_store", "disk"),
     "rl.algorithm": ("dapo", "grpo", "dr_grpo"),
     "learner.lr_schedule": ("constant", "cosine"),
+    "tune.scheduler": ("ceiling", "asha", "fifo"),
 }
 POSITIVE = (
     "learner.num_ranks",
@@ -272,6 +312,11 @@ POSITIVE = (
     "data.max_len",
     "learner.lr",
     "rollout.kv_cache_gib",
+    "tune.num_samples",
+    "tune.max_concurrent_trials",
+    "tune.min_evals",
+    "tune.confirm",
+    "tune.checkpoint_every",
 )
 
 
@@ -290,6 +335,7 @@ NON_NEGATIVE = (
     "rollout.cpus_per_worker",
     "rollout.gpus_per_worker",
     "learner.decay_steps",
+    "sft.stop_after_severe",
 )
 
 
@@ -315,6 +361,16 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
         return float(value)
+    if typ is list:
+        if not isinstance(value, list) or not all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"config key {key!r} must be a list of numbers or strings, got {value!r}")
+        return list(value)
+    if typ is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"config key {key!r} must be a mapping of config keys, got {value!r}")
+        return dict(value)
     if typ is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"config key {key!r} must be a string, got {value!r}")

@@ -1,0 +1,66 @@
+"""Where a run's actors go: their own resources (a plain run), or the bundles of a Tune trial's placement group.
+
+Ray does not nest placement groups: a LearnerGroup started inside a Tune trial must not create its own, so
+the trial's group carries one bundle per actor (bundle 0 is the trainable itself) and each actor is pinned
+to its bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from switchpoint.config import Config
+
+TRAINABLE_CPU = 0.01  # the trial process itself mostly waits on its actors
+
+
+def stack_bundles(cfg: Config) -> list[dict]:
+    """Bundles of a trial: the trainable, then learner ranks, rollout workers, verifier workers."""
+
+    def bundle(cpu: float, gpu: float = 0.0) -> dict:
+        out = {"CPU": cpu}
+        if gpu:
+            out["GPU"] = gpu
+        return out
+
+    return (
+        [bundle(TRAINABLE_CPU)]
+        + [bundle(cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank)] * cfg.learner.num_ranks
+        + [bundle(cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker)] * cfg.rollout.num_workers
+        + [bundle(max(cfg.verifier.cpus_per_worker, 0.01))] * cfg.verifier.num_workers
+    )
+
+
+@dataclass
+class Placement:
+    """Bundle indices of one placement group per role; pg None means each actor asks Ray for its own."""
+
+    pg: object = None
+    learner: tuple[int, ...] = ()
+    rollout: tuple[int, ...] = ()
+    verifier: tuple[int, ...] = ()
+
+    @classmethod
+    def in_group(cls, pg, cfg: Config) -> Placement:
+        """The layout of `stack_bundles` inside placement group pg."""
+        n_l, n_r, n_v = cfg.learner.num_ranks, cfg.rollout.num_workers, cfg.verifier.num_workers
+        first = 1
+        return cls(
+            pg,
+            tuple(range(first, first + n_l)),
+            tuple(range(first + n_l, first + n_l + n_r)),
+            tuple(range(first + n_l + n_r, first + n_l + n_r + n_v)),
+        )
+
+    def options(self, role: str, i: int) -> dict:
+        """Extra `.options(...)` for actor i of a role: its bundle, or nothing outside a placement group."""
+        if self.pg is None:
+            return {}
+        index = getattr(self, role)[i]
+        return {
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                self.pg, placement_group_bundle_index=index, placement_group_capture_child_tasks=False
+            )
+        }

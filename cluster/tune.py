@@ -1,0 +1,196 @@
+"""`switchpoint tune CONFIG` and `python -m cluster.tune --config CONFIG` (for `ray job submit`): Ray Tune searches
+branch points and RL settings on one SFT trunk.
+
+1. Check the `tune:` section (keys, domains, searcher, scheduler) before anything runs.
+2. Find the trunk with the same SFT settings, or train it once (`switchpoint trunk`).
+3. Each trial is one RL branch (cluster.tune_trial.BranchTrial) on its own placement group; the ceiling stopper
+   (or ASHA) ends branches that cannot win. 4. The experiment folder gets the results table, plot, recommendation.
+`--resume EXPERIMENT_DIR` continues an interrupted sweep with Tuner.restore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table: our columns (step, accuracy, ceiling)
+
+from cluster.search_space import check_search, make_search_alg, to_param_space  # noqa: E402
+from switchpoint.config import Config, ConfigError, from_dict, load_config, to_dict  # noqa: E402
+
+SWEEP_FILE = "sweep.json"
+
+
+def _scheduler_and_stopper(cfg: Config, exp_dir: str, n_iters: int, quiet: bool):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from cluster.tune_trial import CeilingStopper
+
+    t = cfg.tune
+    if t.scheduler == "ceiling":
+        return None, CeilingStopper(exp_dir, t.min_evals, t.confirm, quiet)
+    if t.scheduler == "asha":
+        grace = max(1, min(n_iters, t.min_evals) // 2)
+        return ASHAScheduler(time_attr="training_iteration", max_t=n_iters, grace_period=grace), None
+    return None, None
+
+
+def _reporter(space_keys: list[str]):
+    from ray.tune import CLIReporter
+
+    params = {"branch_step": "branch"}
+    params.update({k: k.split(".")[-1] for k in space_keys})
+    metrics = {
+        "regime": "regime",
+        "rl_step": "RL step",
+        "accuracy": "acc",
+        "a_post": "A_post",
+        "a_post_lo": "lo",
+        "a_post_hi": "hi",
+    }
+    return CLIReporter(
+        metric_columns=metrics, parameter_columns=params, max_report_frequency=30, sort_by_metric=False
+    )
+
+
+def _trainable(sweep: dict):
+    from ray import tune
+
+    from actors.placement import stack_bundles
+    from cluster.tune_trial import BranchTrial
+
+    cfg = from_dict(sweep["config"])
+    with_params = tune.with_parameters(
+        BranchTrial, base=sweep["config"], trunk_dir=sweep["trunk"], exp_dir=sweep["exp_dir"]
+    )
+    return tune.with_resources(with_params, tune.PlacementGroupFactory(stack_bundles(cfg), strategy="PACK"))
+
+
+def _cpus_needed(cfg: Config) -> float:
+    from actors.placement import stack_bundles
+
+    return sum(b["CPU"] for b in stack_bundles(cfg)) * cfg.tune.max_concurrent_trials
+
+
+def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None = None) -> tuple[str, dict]:
+    """Run (or resume) a sweep; returns (experiment folder, results report)."""
+    from ray import tune
+
+    from cluster.runner import init_ray
+    from cluster.sweep_results import write_results
+    from cluster.trunk import ensure_trunk
+    from switchpoint.prepare import resolve_paths
+
+    t0 = time.time()
+    if resume:
+        sweep = load_sweep(resume)
+        cfg = from_dict(sweep["config"])
+        exp_dir = sweep["exp_dir"] = os.path.abspath(resume)
+    else:
+        check_search(cfg)  # every search-space problem stops here, before a trunk or a trial
+        make_search_alg(cfg.tune.search_alg)
+        trunk, trained = ensure_trunk(cfg, quiet)
+        steps = trunk.select(cfg.tune.branch_points)
+        cfg = resolve_paths(cfg)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        exp_dir = os.path.join(cfg.run.output_dir, f"{cfg.run.name}-sweep-{stamp}")
+        os.makedirs(exp_dir)
+        sweep = {
+            "config": to_dict(cfg),
+            "trunk": trunk.dir,
+            "trunk_trained_now": trained,
+            "trunk_seconds": time.time() - t0 if trained else 0.0,
+            "branch_steps": steps,
+            "exp_dir": exp_dir,
+            "started": time.time(),
+        }
+        with open(os.path.join(exp_dir, SWEEP_FILE), "w") as f:
+            json.dump(sweep, f, indent=2)
+    t = cfg.tune
+    n_iters = -(-cfg.rl.steps // cfg.rl.eval_every)
+    init_ray(cfg, need_cpus=_cpus_needed(cfg))
+    if not quiet:
+        print(f"experiment folder: {exp_dir}\nbranch points: {sweep['branch_steps']}", flush=True)
+    t_sweep = time.time()
+    if resume:
+        tuner = tune.Tuner.restore(exp_dir, _trainable(sweep), resume_unfinished=True, resume_errored=True)
+    else:
+        scheduler, stopper = _scheduler_and_stopper(cfg, exp_dir, n_iters, quiet)
+        tuner = tune.Tuner(
+            _trainable(sweep),
+            param_space=to_param_space(cfg, sweep["branch_steps"]),
+            tune_config=tune.TuneConfig(
+                metric="accuracy",
+                mode="max",
+                search_alg=make_search_alg(t.search_alg),
+                scheduler=scheduler,
+                num_samples=t.num_samples,
+                max_concurrent_trials=t.max_concurrent_trials,
+                reuse_actors=t.reuse_actors,
+            ),
+            run_config=tune.RunConfig(
+                name=os.path.basename(exp_dir),
+                storage_path=os.path.dirname(exp_dir),
+                stop=stopper,
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=2, checkpoint_frequency=t.checkpoint_every
+                ),
+                failure_config=tune.FailureConfig(max_failures=1),
+                progress_reporter=None if quiet else _reporter(sorted(check_search(cfg))),
+                verbose=0 if quiet else 1,
+            ),
+        )
+    grid = tuner.fit()
+    errors = [str(r.error) for r in grid if r.error is not None]
+    report = write_results(exp_dir, sweep_seconds=time.time() - t_sweep, errors=errors)
+    return exp_dir, report
+
+
+def load_sweep(exp_dir: str) -> dict:
+    path = os.path.join(exp_dir, SWEEP_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{exp_dir} is not a sweep folder (no {SWEEP_FILE})")
+    with open(path) as f:
+        return json.load(f)
+
+
+def cmd_tune(args) -> int:
+    from cluster.sweep_results import format_results
+
+    if args.resume:
+        exp_dir, report = run_sweep(quiet=args.quiet, resume=args.resume)
+    else:
+        if not args.config:
+            raise ConfigError("switchpoint tune needs CONFIG (or --resume EXPERIMENT_DIR)")
+        exp_dir, report = run_sweep(load_config(args.config, args.set), quiet=args.quiet)
+    print(format_results(report))
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser, config_flag: bool) -> None:
+    if config_flag:
+        p.add_argument("--config", help="YAML config with a tune: section")
+    else:
+        p.add_argument("config", nargs="?", help="YAML config with a tune: section (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue an interrupted sweep")
+    p.add_argument("--quiet", action="store_true", help="no progress table")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.tune", description=__doc__)
+    add_arguments(parser, config_flag=True)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_tune(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"switchpoint: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

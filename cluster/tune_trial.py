@@ -1,0 +1,189 @@
+"""One Tune trial = one RL branch from the trunk; the ceiling stopper that watches the trials.
+
+BranchTrial is a class trainable: its step() runs RL up to the next held-out evaluation and returns the report,
+so a stop decided on a report costs no extra compute. The learner ranks, vLLM engines and verifier workers live
+in the trial process on the bundles of the trial's placement group; with reuse_actors, Tune hands the same
+process the next trial (reset_config), which loads its branch's checkpoint into the live actors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import ray
+from ray import tune
+
+from actors.branch import BranchController
+from actors.placement import Placement
+from plasticity.early_stop import CeilingRule, partial_fit
+from switchpoint.config import from_dict, to_dict
+
+FIT_KEYS = ("status", "a_post", "a_post_lo", "a_post_hi", "pl_rl", "c_mid", "b", "n_points")
+
+
+def branch_config(base: dict, trial_config: dict, trial_id: str) -> dict:
+    """The trial's full config: the base, the searched keys, and the branch point as switch.policy=step:N."""
+    import copy
+
+    cfg = copy.deepcopy(base)
+    for key, value in trial_config.items():
+        if key == "branch_step":
+            cfg["switch"]["policy"] = f"step:{int(value)}"
+            continue
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        old = node[parts[-1]]
+        if isinstance(old, int) and not isinstance(old, bool) and float(value).is_integer():
+            value = int(value)  # a numeric domain over an integer key (rl.minibatches: quniform(1, 4, 1))
+        node[parts[-1]] = value
+    cfg["run"]["name"] = f"branch-{trial_id}"
+    return to_dict(from_dict(cfg))
+
+
+class BranchTrial(tune.Trainable):
+    def setup(self, config, base=None, trunk_dir=None, exp_dir=None):
+        self.base, self.trunk_dir, self.exp_dir = base, trunk_dir, exp_dir
+        self.ctl: BranchController | None = None
+        self._configure(config)
+
+    def _configure(self, config) -> None:
+        self.branch_cfg = branch_config(self.base, config, self.trial_id)
+        self.run_dir = os.path.join(
+            self.exp_dir, "branches", f"{self.trial_id}-step{int(config['branch_step'])}"
+        )
+        self.opened = False
+
+    def _stack(self) -> BranchController:
+        if self.ctl is None:
+            pg = ray.util.get_current_placement_group()
+            cfg = from_dict(self.branch_cfg)
+            self.ctl = BranchController(self.branch_cfg, Placement.in_group(pg, cfg) if pg else None)
+        return self.ctl
+
+    def step(self) -> dict:
+        ctl = self._stack()
+        if not self.opened:
+            ctl.open(self.branch_cfg, self.run_dir, self.trunk_dir)
+            self.opened = True
+        ev = ctl.advance()
+        evals = ctl.evals
+        p_sft = evals[0]["accuracy"]
+        fit = partial_fit([e["flops"] for e in evals], [e["accuracy"] for e in evals], p_sft)
+        switch = ctl.summary["switch"]
+        result = {
+            "branch_step": switch["step"],
+            "regime": switch["regime"],
+            "p_sft": p_sft,
+            "accuracy": ev["accuracy"],
+            "greedy_accuracy": ev.get("greedy_accuracy"),
+            "best_accuracy": max(e["accuracy"] for e in evals),
+            "reward": evals[-1]["reward"],
+            "rl_step": ctl.i,
+            "evals": len(evals) - 1,
+            "rl_flops": evals[-1]["flops"],
+            "fit_status": fit["status"],
+            **{k: fit[k] for k in FIT_KEYS if k != "status"},
+            "startup_seconds": ctl.summary.get("startup_seconds"),
+            "actors_reused": ctl.summary.get("actors_reused"),
+            "run_dir": self.run_dir,
+        }
+        ctl.summary["fit_so_far"] = fit
+        if ctl.done:
+            ctl.close(stopped_early=False)
+            result["done"] = True
+        return result
+
+    def save_checkpoint(self, checkpoint_dir: str):
+        if self.ctl is None or self.ctl.folder is None:
+            return None
+        self.ctl.save(checkpoint_dir)
+        return checkpoint_dir
+
+    def load_checkpoint(self, checkpoint) -> None:
+        path = checkpoint if isinstance(checkpoint, str) else checkpoint.path
+        self._stack().restore(path)
+        self.run_dir = self.ctl.run_dir
+        self.opened = True
+
+    def _close_current(self) -> None:
+        if self.ctl is not None and self.ctl.folder is not None:
+            self.ctl.close(stopped_early=not self.ctl.done)
+
+    def reset_config(self, new_config) -> bool:
+        self._close_current()
+        cfg = branch_config(self.base, new_config, self.trial_id)
+        if self.ctl is not None and not self.ctl.can_host(cfg):
+            self.ctl._shutdown()  # the next trial needs actors of another shape
+            return False
+        self._configure(new_config)
+        return True
+
+    def cleanup(self) -> None:
+        if self.ctl is not None:
+            self._close_current()
+            self.ctl._shutdown()
+
+
+class CeilingStopper(tune.Stopper):
+    """Tune's side of plasticity.early_stop.CeilingRule: feeds it every report, records every stop.
+
+    The rule's state lives in EXP/ceiling_stopper.json (not in the pickled stopper), so a resumed sweep knows
+    the branches that finished before the interruption; each stop is a line of EXP/early_stops.jsonl."""
+
+    def __init__(self, exp_dir: str, min_evals: int, confirm: int, quiet: bool = False):
+        self.exp_dir, self.min_evals, self.confirm, self.quiet = exp_dir, min_evals, confirm, quiet
+        self.rule: CeilingRule | None = None
+
+    def __getstate__(self):
+        return dict(self.__dict__, rule=None)  # always reload the state file after unpickling
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.exp_dir, "ceiling_stopper.json")
+
+    def _rule(self) -> CeilingRule:
+        if self.rule is None:
+            if os.path.isfile(self.state_path):
+                with open(self.state_path) as f:
+                    self.rule = CeilingRule.from_dict(json.load(f))
+            else:
+                self.rule = CeilingRule(self.min_evals, self.confirm)
+        return self.rule
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if "evals" not in result:
+            return False
+        rule = self._rule()
+        fit = {k: result.get(k) for k in FIT_KEYS if k != "status"}
+        fit["status"] = result.get("fit_status")
+        record = rule.observe(trial_id, int(result["evals"]), float(result["best_accuracy"]), fit)
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(rule.to_dict(), f)
+        os.replace(tmp, self.state_path)
+        if record is None or result.get("done"):
+            return False
+        record.update(
+            branch_step=result["branch_step"],
+            regime=result["regime"],
+            rl_step=result["rl_step"],
+            rl_flops=result["rl_flops"],
+            accuracy=result["accuracy"],
+            time=time.time(),
+        )
+        with open(os.path.join(self.exp_dir, "early_stops.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if not self.quiet:
+            print(
+                f"ceiling stopper: stop {trial_id} (branch step {result['branch_step']}, "
+                f"{result['regime']}) at RL step {result['rl_step']}: {record['reason']}",
+                flush=True,
+            )
+        return True
+
+    def stop_all(self) -> bool:
+        return False
