@@ -34,6 +34,11 @@ class BranchController(Controller):
         t0 = time.time()
         super().__init__(cfg_dict, run_dir="", placement=placement)
         self.signature = stack_signature(to_dict(self.cfg))
+        pg = self.placement.pg
+        self.placement_info = {
+            "placement_group": pg.id.hex() if pg is not None else None,
+            "bundles": {r: list(getattr(self.placement, r)) for r in ("learner", "rollout", "verifier")},
+        }
         self._prepare_data()
         self._start_actors()
         self.folder: RunFolder | None = None
@@ -61,6 +66,7 @@ class BranchController(Controller):
             "data": self.data_info,
             "optimizer_reset_at_switch": True,
             "actors_reused": self.branches > 0,
+            "placement": self.placement_info,
         }
         self._branch_helpers()
         self.branches += 1

@@ -214,14 +214,16 @@ class RLStepper:
         # The same seeds at every evaluation, so accuracy changes come from the weights, not the dice.
         outs = self._generate(prompts, cfg.eval.samples, cfg.eval.temperature, seed=cfg.run.seed + 7)
         scores, statuses = self._score(outs, self.eval_rows)
-        greedy = self._generate(prompts, 1, 0.0, seed=None)
-        g_scores, _ = self._score(greedy, self.eval_rows)
+        g_scores = None
+        if cfg.eval.greedy:
+            greedy = self._generate(prompts, 1, 0.0, seed=None)
+            g_scores, _ = self._score(greedy, self.eval_rows)
         summary = summarize_eval(scores, ks=(1, cfg.eval.samples))
         return {
             "accuracy": summary["avg@k"],
             "pass@1": summary["pass@1"],
             f"pass@{cfg.eval.samples}": summary[f"pass@{cfg.eval.samples}"],
-            "greedy_accuracy": sum(s[0] for s in g_scores) / len(g_scores),
+            "greedy_accuracy": sum(s[0] for s in g_scores) / len(g_scores) if g_scores else None,
             "eval_prompts": len(prompts),
             "eval_samples": cfg.eval.samples,
             "eval_seconds": time.perf_counter() - t,

@@ -1,4 +1,5 @@
-"""`switchpoint analyze PATH`: Plasticity-Ceiling analytics of a run folder, a folder of runs, a curves file.
+"""`switchpoint analyze PATH`: Plasticity-Ceiling analytics of a run folder, a folder of runs, a sweep's experiment
+folder (its table and recommendation first), a curves file.
 
 For every RL branch: P_sft, PL_rl, A_post, C_mid, B and fit quality (terminal table, `--json FILE`). For
 every SFT curve with validation loss: hindsight regimes, the Stable window, and where the online switch
@@ -299,6 +300,13 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Run the analysis for parsed arguments; returns the exit code."""
+    if os.path.isfile(os.path.join(args.path, "sweep.json")):
+        # A Tune sweep: its table and recommendation, then the usual analysis of its branch run folders.
+        from cluster.sweep_results import format_results, write_results
+
+        print(format_results(write_results(args.path)) + "\n")
+        args.out = args.out or os.path.join(args.path, "analysis")
+        args.path = os.path.join(args.path, "branches")
     search = CeilingSearch(bootstrap=args.bootstrap, free_eps=EPS_MODES[args.eps], gap_weight=args.gap_weight)
     policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
     out_dir = args.out or default_out_dir(args.path)

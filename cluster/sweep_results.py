@@ -148,6 +148,10 @@ def write_results(exp_dir: str, sweep_seconds: float | None = None, errors: list
         "branch_wall_seconds": sum(r["wall_seconds"] or 0.0 for r in rows),
         "trunk_seconds": sweep.get("trunk_seconds", 0.0),
     }
+    previous = os.path.join(exp_dir, f"{RESULTS}.json")
+    if sweep_seconds is None and os.path.isfile(previous):  # re-read by analyze: keep the measured wall time
+        with open(previous) as f:
+            sweep_seconds = json.load(f).get("totals", {}).get("sweep_seconds")
     if sweep_seconds is not None:
         totals["sweep_seconds"] = sweep_seconds
     report = {

@@ -224,6 +224,8 @@ class EvalConfig:
     """Sampling temperature for held-out accuracy."""
     max_prompts: int = 200
     """Held-out prompts used (first N)."""
+    greedy: bool = True
+    """Also score greedy decoding (one more generation per prompt; sweeps that evaluate often can skip it)."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`ray job submit` of the micro config against a head started with `ray start --head`, token auth on."""
+"""`ray job submit` of the micro config (and of the micro sweep) against a `ray start --head` head, token auth on."""
 
 import json
 import os
@@ -117,3 +117,27 @@ def test_job_submit_runs_the_pipeline(head, tmp_path):
         timeout=120,
     )
     assert "SUCCEEDED" in jobs.stdout
+
+
+def test_job_submit_runs_a_micro_sweep(head, tmp_path):
+    """`ray job submit -- python -m cluster.tune`: trunk, Tune trials on the cluster, results in the folder."""
+    env, address = head
+    out = tmp_path / "runs"
+    cmd = [
+        os.path.join(BIN, "ray"), "job", "submit", "--address", address, "--working-dir", REPO, "--",
+        "python", "-m", "cluster.tune", "--config", "configs/micro_sweep.yaml",
+        "--set", f"run.output_dir={out}", "--set", "rl.steps=2", "--set", "sft.max_steps=30",
+        "--set", "tune.branch_points=[10, 30]",
+    ]  # fmt: skip
+    for _ in range(60):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+        if r.returncode == 0 or "No available agent" not in r.stdout + r.stderr:
+            break
+        time.sleep(2)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "succeeded" in r.stdout and "recommended branch point" in r.stdout
+    (exp,) = [p for p in out.iterdir() if p.name.startswith("micro_sweep-sweep-")]
+    report = json.loads((exp / "results.json").read_text())
+    assert sorted(row["branch_step"] for row in report["rows"]) == [10, 30]
+    assert all(row["rl_steps"] == 2 for row in report["rows"])
+    assert (out / "trunks").is_dir() and (exp / "results.png").is_file()
