@@ -22,8 +22,8 @@ from actors.run_folder import RunFolder
 from actors.verifier import VerifierPool
 from actors.weight_sync import make_weight_sync
 from plasticity.flops import sft_step_flops
-from plasticity.regimes import Decision, label_regimes, make_policy, online_regime
-from switchpoint.config import Config, ConfigError, from_dict
+from plasticity.regimes import Decision, label_regimes, make_policy, online_regime, severe_for
+from switchpoint.config import Config, from_dict
 from switchpoint.data import tokenize_sft_with_stats
 from switchpoint.prepare import ensure_model, load_splits
 from switchpoint.trunk import Trunk, load_trunk
@@ -234,10 +234,6 @@ class Controller:
         self.regimes_seen.append(regime)
         return decision
 
-    def _severe_too_long(self) -> bool:
-        n = self.cfg.sft.stop_after_severe
-        return n > 0 and len(self.regimes_seen) >= n and set(self.regimes_seen[-n:]) == {"severe"}
-
     def _sft(self):
         cfg = self.cfg
         policy = make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
@@ -249,7 +245,7 @@ class Controller:
         step = 0
         self.summary["sft_stop_reason"] = f"SFT budget sft.max_steps={cfg.sft.max_steps} reached"
         while decision is None and step < cfg.sft.max_steps and not self.stop_requested:
-            if self._severe_too_long():
+            if severe_for(self.regimes_seen, cfg.sft.stop_after_severe):
                 self.summary["sft_stop_reason"] = (
                     f"Severe overfitting for {cfg.sft.stop_after_severe} validations (sft.stop_after_severe)"
                 )
@@ -280,42 +276,16 @@ class Controller:
         return decision, flops, val_losses
 
     def _from_trunk(self):
-        """The branch point on the trunk (step:N, or any policy replayed on the trunk's curve), with the trunk's
+        """The branch point on the trunk (step:N, or the policy replayed on the trunk's curve), with the trunk's
         SFT rows up to it copied into this run's metrics, so the run folder reads like one that trained SFT."""
-        cfg, trunk = self.cfg, self.trunk
-        policy = make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
-        decision = None
-        for c in trunk.checkpoints:
-            decision = policy.observe(c.step, c.val_loss)
-            if decision is not None:
-                break
-        if decision is None:
-            if cfg.switch.policy == "never":
-                raise ConfigError(
-                    "a run from a trunk needs a switch policy other than 'never' (switch.policy)"
-                )
-            last = trunk.checkpoints[-1].step
-            decision = Decision(last, last, "the trunk's last checkpoint (the policy did not fire on it)")
-        at = trunk.checkpoint(decision.from_step)
-        for c in trunk.checkpoints:
-            if c.step > decision.step:
-                break
-            self.folder.log(
-                {
-                    "phase": "sft",
-                    "step": c.step,
-                    "val_loss": c.val_loss,
-                    "regime": c.online_regime,
-                    "flops": c.flops,
-                    "checkpoint": c.path,
-                    "from_trunk": True,
-                }
-            )
+        decision = self.trunk.branch_decision(self.cfg.switch)
+        for row in self.trunk.sft_rows(decision.step):
+            self.folder.log(row)
         val_losses = self.summary["sft_val_losses"]
-        val_losses[:] = trunk.losses_up_to(decision.step)
-        self.summary["trunk"] = {"dir": trunk.dir, "key": trunk.key, "branch_step": at.step}
-        reason = f"branch from trunk {os.path.basename(trunk.dir)} at step {at.step} ({decision.reason})"
-        return Decision(decision.step, at.step, reason), at.flops, val_losses
+        val_losses[:] = self.trunk.losses_up_to(decision.step)
+        at = self.trunk.checkpoint(decision.from_step)
+        self.summary["trunk"] = {"dir": self.trunk.dir, "key": self.trunk.key, "branch_step": at.step}
+        return decision, at.flops, val_losses
 
     def _pids(self) -> dict:
         return {"learner": self.learner.pids(), "rollout": ray.get([w.pid.remote() for w in self.workers])}

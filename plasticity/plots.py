@@ -231,7 +231,8 @@ def plot_sweep(rows: list[dict], trunk: dict, recommended: dict | None, out_png:
     shade_regimes(ax, trunk["steps"], trunk["regimes"])
     loss_ax = ax.twinx()
     loss_ax.plot(trunk["steps"], trunk["val_losses"], color="0.35", lw=0.9, label="trunk val loss")
-    loss_ax.set_ylabel("SFT validation loss")
+    loss_ax.set_ylabel("SFT validation loss (log)")
+    loss_ax.set_yscale("log")
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r.get("settings_label") or "branch", []).append(r)
@@ -245,8 +246,11 @@ def plot_sweep(rows: list[dict], trunk: dict, recommended: dict | None, out_png:
             lo = np.array([r["a_post_lo"] if r.get("a_post_lo") is not None else r["a_post"] for r in pts])
             hi = np.array([r["a_post_hi"] if r.get("a_post_hi") is not None else r["a_post"] for r in pts])
             ax.errorbar(xs, a, yerr=[a - lo, hi - a], fmt="o-", color=color, ms=5, capsize=3, label=label)
+        unfitted = [r for r in members if r.get("a_post") is None and r.get("final_accuracy") is not None]
+        ax.plot([r["branch_step"] for r in unfitted], [r["final_accuracy"] for r in unfitted], "o", mfc="none",
+                mec=color, ms=7)  # fmt: skip
         for r in members:
-            y = r["a_post"] if r.get("a_post") is not None else r.get("best_accuracy")
+            y = r["a_post"] if r.get("a_post") is not None else r.get("final_accuracy")
             if r.get("stopped_early") and y is not None:
                 ax.plot([r["branch_step"]], [y], "x", color="black", ms=9, mew=2)
         ax.plot([r["branch_step"] for r in members], [r["p_sft"] for r in members], ".:", color=color, lw=0.8)
@@ -256,6 +260,8 @@ def plot_sweep(rows: list[dict], trunk: dict, recommended: dict | None, out_png:
         ax.plot([recommended["branch_step"]], [recommended["a_post"]], "*", color="gold", mec="black", ms=16,
                 label="recommended", zorder=5)  # fmt: skip
     ax.plot([], [], ".:", color="0.3", label="P_sft (dotted)")
+    if any(r.get("a_post") is None for r in rows):
+        ax.plot([], [], "o", mfc="none", mec="0.3", label="no ceiling fit: final accuracy")
     ax.set_xlabel("branch point: SFT step of the trunk checkpoint")
     ax.set_ylabel("held-out accuracy (%): A_post with interval")
     ax.set_zorder(loss_ax.get_zorder() + 1)

@@ -67,6 +67,11 @@ def online_regime(losses_so_far: Sequence[float], delta: float = 0.02, delta2: f
     return labels[-1]
 
 
+def severe_for(regimes_seen: Sequence[str], n: int) -> bool:
+    """Have the last n online regimes all been Severe? (n <= 0: never; a trunk's stop after overfitting)."""
+    return n > 0 and len(regimes_seen) >= n and all(r == SEVERE for r in regimes_seen[-n:])
+
+
 @dataclass(frozen=True)
 class Decision:
     """A policy's "switch now"."""

@@ -116,6 +116,42 @@ class Trunk:
             f"trunk {self.dir} has no checkpoint at step {step}; it has steps {_ranges(self.steps())}"
         )
 
+    def branch_decision(self, switch):
+        """Where a branch with these switch settings starts: step:N, or the online policy replayed on the
+        trunk's curve (its decision, or the last checkpoint if it never fires)."""
+        from plasticity.regimes import Decision, make_policy
+
+        if switch.policy == "never":
+            raise ConfigError("a run from a trunk needs a switch policy other than 'never' (switch.policy)")
+        policy = make_policy(switch.policy, switch.delta, switch.delta2, switch.patience)
+        decision = None
+        for c in self.checkpoints:
+            decision = policy.observe(c.step, c.val_loss)
+            if decision is not None:
+                break
+        if decision is None:
+            last = self.checkpoints[-1].step
+            decision = Decision(last, last, "the trunk's last checkpoint (the policy did not fire on it)")
+        at = self.checkpoint(decision.from_step).step
+        why = f"branch from trunk {os.path.basename(self.dir)} at step {at} ({decision.reason})"
+        return Decision(decision.step, at, why)
+
+    def sft_rows(self, up_to: int) -> list[dict]:
+        """The trunk's validation rows up to a step, as metrics rows of a run that branched there."""
+        return [
+            {
+                "phase": "sft",
+                "step": c.step,
+                "val_loss": c.val_loss,
+                "regime": c.online_regime,
+                "flops": c.flops,
+                "checkpoint": c.path,
+                "from_trunk": True,
+            }
+            for c in self.checkpoints
+            if c.step <= up_to
+        ]
+
     def losses_up_to(self, step: int) -> list[list]:
         return [[c.step, c.val_loss] for c in self.checkpoints if c.step <= step]
 

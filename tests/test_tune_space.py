@@ -149,3 +149,43 @@ def test_ceiling_rule_never_stops_on_one_noisy_point_or_the_best_branch():
     short = CeilingRule(min_evals=6, confirm=2)
     _feed(short, "good", *_branch(0.8))
     assert _feed(short, "poor", *_branch(0.45, seed=1), upto=5) is None  # too few evaluations yet
+
+
+def test_trunk_stops_after_n_severe_validations():
+    from plasticity.regimes import online_regime, severe_for
+
+    with open(os.path.join(REPO, "tests", "data", "tiny_sft_curves.json")) as f:
+        curve = [v for _, v in json.load(f)["curves"]["seed4"]]
+    seen = [online_regime(curve[: i + 1]) for i in range(len(curve))]
+    first = next(i for i in range(len(seen)) if severe_for(seen[: i + 1], 2))
+    assert seen[first - 1 : first + 1] == ["severe", "severe"]  # two in a row, the first time
+    assert not severe_for(seen, 0) and not severe_for(["severe", "mild"], 1)
+
+
+def test_asha_is_available_by_name(tmp_path):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from cluster.tune import _scheduler_and_stopper
+    from cluster.tune_trial import CeilingStopper
+
+    asha, stop = _scheduler_and_stopper(
+        load_config(MICRO_SWEEP, ["tune.scheduler=asha"]), str(tmp_path), 6, True
+    )
+    assert isinstance(asha, ASHAScheduler) and stop is None
+    none, ceiling = _scheduler_and_stopper(load_config(MICRO_SWEEP), str(tmp_path), 6, True)
+    assert none is None and isinstance(ceiling, CeilingStopper)
+
+
+def test_a_branch_replays_its_switch_policy_on_the_trunk():
+    trunk = _trunk_from_curve("seed0")
+    tiny = load_config(os.path.join(REPO, "configs", "tiny.yaml"))
+    stable = trunk.branch_decision(tiny.switch)  # the default policy, patience 4, on the whole trunk
+    assert stable.from_step == 300 and trunk.checkpoint(300).regime == "stable"
+    assert "branch from trunk" in stable.reason
+    tiny.switch.policy = "step:140"
+    assert trunk.branch_decision(tiny.switch).from_step == 140
+    rows = trunk.sft_rows(140)
+    assert [r["step"] for r in rows] == list(range(0, 141, 20)) and all(r["from_trunk"] for r in rows)
+    tiny.switch.policy = "never"
+    with pytest.raises(ConfigError, match="switch.policy"):
+        trunk.branch_decision(tiny.switch)
