@@ -44,6 +44,7 @@ class BranchController(Controller):
         self.folder: RunFolder | None = None
         self.t_free = t0  # when the stack was last free for a new branch (for the start-up figure)
         self.branches = 0
+        self.p_sft_cache: dict[str, dict] = {}
 
     def can_host(self, cfg_dict: dict) -> bool:
         """Can the live actors run a branch with this config (same model, data, engines, learner layout)?"""
@@ -73,10 +74,30 @@ class BranchController(Controller):
 
     def open(self, cfg_dict: dict, run_dir: str, trunk_dir: str) -> dict:
         """Start a branch: trunk checkpoint into the learner (new optimizer), weights into the engines, P_sft."""
+        t0 = time.time()
         self._begin(cfg_dict, run_dir, trunk_dir)
         decision, flops, val_losses = self._from_trunk()
+        t1 = time.time()
         self.summary["switch"] = self._switch(decision, val_losses, 0.0)
-        acc0 = self._eval(decision.from_step, flops)
+        t2 = time.time()
+        # P_sft depends only on the checkpoint and the evaluation settings (fixed seeds): a later branch from the
+        # same checkpoint (another RL setting) reuses the measurement instead of evaluating the same weights again.
+        key = json.dumps(
+            [self.trunk.dir, decision.from_step, to_dict(self.cfg)["eval"], self.cfg.rollout.max_tokens]
+        )
+        cached = self.p_sft_cache.get(key)
+        acc0 = self._eval(
+            decision.from_step, flops, dict(cached, reused_from=cached["measured_in"]) if cached else None
+        )
+        if cached is None:
+            self.p_sft_cache[key] = dict(acc0, measured_in=os.path.basename(run_dir))
+        # Where a trial's start-up goes: Tune's hand-over, reading the trunk, weights in (+ greedy check), P_sft.
+        self.summary["startup_parts"] = {
+            "before_open": t0 - self.t_free,
+            "folder_and_trunk": t1 - t0,
+            "load_sync_and_check": t2 - t1,
+            "p_sft_eval": time.time() - t2,
+        }
         self.summary["accuracy"]["at_switch"] = acc0["accuracy"]
         self.summary["eval_at_switch"] = acc0
         self.i, self.branch_flops, self.rl_flops, self.last_eval = 0, flops, flops, acc0

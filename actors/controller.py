@@ -370,9 +370,10 @@ class Controller:
         return switch
 
     # ---- RL --------------------------------------------------------------------------------------------------
-    def _eval(self, step: int, flops: float) -> dict:
+    def _eval(self, step: int, flops: float, res: dict | None = None) -> dict:
+        """Held-out evaluation, logged as a metrics row (res: one already measured on these same weights)."""
         self._phase("held-out eval")
-        res = self.stepper.evaluate()
+        res = res or self.stepper.evaluate()
         self.folder.log(
             {
                 "phase": "rl",

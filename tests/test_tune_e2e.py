@@ -175,3 +175,34 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert sorted(r["branch_step"] for r in report["rows"]) == [30, 40, 60]
     assert all(r["rl_steps"] == 6 for r in report["rows"])
     assert "recommended branch point" in stdout
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("switch.policy=step:35", "has no checkpoint at step 35"),
+        ("learner.lr=0.01", "trained with other SFT settings than this config: learner.lr: 0.003 vs 0.01"),
+    ],
+)
+def test_run_from_trunk_rejects_a_missing_step_or_other_sft_settings(sweep, tmp_path, override, needle):
+    _, _, report, _ = sweep
+    r = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "run", "configs/micro.yaml", "--from-trunk", report["trunk"],
+         "--set", f"run.output_dir={tmp_path}", "--set", override],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2 and needle in r.stderr and r.stderr.strip().count("\n") == 0
+    assert list(tmp_path.iterdir()) == []  # nothing started, no run folder
+
+
+def test_a_regime_without_checkpoints_stops_the_sweep_before_any_trial(sweep):
+    out, _, _, _ = sweep
+    before = sorted(os.listdir(out))
+    r = subprocess.run(
+        [sys.executable, "-m", "cluster.tune", "--config", MICRO_SWEEP, "--set", f"run.output_dir={out}",
+         "--set", "tune.branch_points=[stable, severe:first]"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and "'severe:first' names no checkpoint" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert sorted(os.listdir(out)) == before  # the trunk was found; no experiment folder, no trial
