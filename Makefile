@@ -1,10 +1,11 @@
-# `make demo` runs the embedded default; `make test` runs the test suite. Both set up .venv when needed.
+# `make demo` runs the embedded default; `make test` runs the test suite; `make sweep` the tiny Ray Tune sweep.
+# Each sets up .venv when needed.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean-runs
+.PHONY: demo test sweep lint bench clean-runs
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml setup.cfg
 
 demo: $(STAMP)
 	$(VENV)/bin/switchpoint run configs/tiny.yaml
+
+sweep: $(STAMP)
+	$(VENV)/bin/switchpoint tune configs/tiny_sweep.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
