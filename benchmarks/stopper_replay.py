@@ -77,7 +77,9 @@ def main() -> int:
     for b in branches:
         where = f"stopped after eval {b['stopped_at']}" if b["stopped_at"] else "ran to the end"
         print(f"{b['name']:<32} {b['regime']:<9} final {b['acc'][-1]:.4f}  {where}")
-    print(f"RL compute kept: {step_share:.2f} of the steps, {flops_share:.2f} of the FLOPs (order {args.order})")
+    print(
+        f"RL compute kept: {step_share:.2f} of the steps, {flops_share:.2f} of the FLOPs (order {args.order})"
+    )
     return 0
 
 
