@@ -12,7 +12,7 @@ import re
 
 import yaml
 
-from switchpoint.config import Config, ConfigError, from_dict, get_key, to_dict
+from switchpoint.config import Config, ConfigError, flatten, from_dict, get_key, set_dotted, to_dict
 from switchpoint.trunk import is_trunk_key, parse_branch_point
 
 DOMAINS = {
@@ -38,16 +38,6 @@ def _number(v):
         except ValueError:
             return v
     return v
-
-
-def _flatten(space: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in space.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def parse_domain(key: str, value) -> tuple[str, list]:
@@ -109,7 +99,7 @@ def check_search(cfg: Config) -> dict[str, tuple[str, list]]:
     make_search_alg(t.search_alg)
     base = to_dict(cfg)
     specs = {}
-    for key, value in _flatten(t.space).items():
+    for key, value in flatten(t.space).items():
         try:
             get_key(cfg, key)
         except AttributeError:
@@ -124,11 +114,7 @@ def check_search(cfg: Config) -> dict[str, tuple[str, list]]:
         kind, args = parse_domain(key, value)
         for v in _values_to_check(kind, args):
             trial = copy.deepcopy(base)
-            node = trial
-            parts = key.split(".")
-            for p in parts[:-1]:
-                node = node[p]
-            node[parts[-1]] = int(v) if isinstance(get_key(cfg, key), int) and float(v).is_integer() else v
+            set_dotted(trial, key, v)
             try:
                 from_dict(trial)
             except ConfigError as e:

@@ -13,6 +13,7 @@ import os
 from plasticity.ceiling import FAILED, CeilingFit, CeilingSearch, fit_ceiling
 from plasticity.curves import load_run, run_branch
 from plasticity.early_stop import MIN_PARTIAL_POINTS, PARTIAL_SEARCH
+from switchpoint.config import flatten, get_dotted
 from switchpoint.trunk import load_trunk
 
 RESULTS = "results"
@@ -54,7 +55,7 @@ def branch_rows(exp_dir: str, searched: list[str]) -> list[dict]:
         branch = run_branch(run, "sweep")
         sw = run.summary.get("switch") or {}
         trial = name.split("-step")[0]
-        settings = {k: _get(run.config, k) for k in searched}
+        settings = {k: get_dotted(run.config, k) for k in searched}
         evals = [r for r in run.rows if r.get("phase") == "rl" and r.get("accuracy") is not None]
         fit = _fit(branch) if branch is not None else None
         ok = fit is not None and fit.status != FAILED
@@ -93,13 +94,6 @@ def branch_rows(exp_dir: str, searched: list[str]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["branch_step"] is None, r["branch_step"], r["settings_label"]))
 
 
-def _get(cfg: dict, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def recommend(rows: list[dict]) -> dict | None:
     """The branch with the highest fitted ceiling (the best final accuracy when none could be fitted), and the
     branches whose interval overlaps it (not distinguishable with this much data)."""
@@ -136,7 +130,7 @@ def write_results(exp_dir: str, sweep_seconds: float | None = None, errors: list
 
     with open(os.path.join(exp_dir, "sweep.json")) as f:
         sweep = json.load(f)
-    searched = sorted(_flat_keys(sweep["config"]["tune"]["space"]))
+    searched = sorted(flatten(sweep["config"]["tune"]["space"]))
     rows = branch_rows(exp_dir, searched)
     trunk = load_trunk(sweep["trunk"])
     rec = recommend(rows)
@@ -180,13 +174,6 @@ def write_results(exp_dir: str, sweep_seconds: float | None = None, errors: list
                 {**{k: r[k] for k in COLUMNS}, **{f"set:{k}": r["settings"][k] for k in searched}}
             )
     return report
-
-
-def _flat_keys(space: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in space.items():
-        out += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
-    return out
 
 
 def _n(v, fmt=".1f"):

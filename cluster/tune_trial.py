@@ -8,6 +8,7 @@ process the next trial (reset_config), which loads its branch's checkpoint into 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -18,28 +19,19 @@ from ray import tune
 from actors.branch import BranchController
 from actors.placement import Placement
 from plasticity.early_stop import CeilingRule, partial_fit
-from switchpoint.config import from_dict, to_dict
+from switchpoint.config import from_dict, set_dotted, to_dict
 
 FIT_KEYS = ("status", "a_post", "a_post_lo", "a_post_hi", "pl_rl", "c_mid", "b", "n_points")
 
 
 def branch_config(base: dict, trial_config: dict, trial_id: str) -> dict:
     """The trial's full config: the base, the searched keys, and the branch point as switch.policy=step:N."""
-    import copy
-
     cfg = copy.deepcopy(base)
     for key, value in trial_config.items():
         if key == "branch_step":
             cfg["switch"]["policy"] = f"step:{int(value)}"
-            continue
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        old = node[parts[-1]]
-        if isinstance(old, int) and not isinstance(old, bool) and float(value).is_integer():
-            value = int(value)  # a numeric domain over an integer key (rl.minibatches: quniform(1, 4, 1))
-        node[parts[-1]] = value
+        else:
+            set_dotted(cfg, key, value)
     cfg["run"]["name"] = f"branch-{trial_id}"
     return to_dict(from_dict(cfg))
 

@@ -444,6 +444,38 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
+def flatten(raw: dict, prefix: str = "") -> dict:
+    """Nested mapping -> {dotted key: value} (a.b.c); the inverse of parse_overrides."""
+    out: dict = {}
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def get_dotted(raw: dict, dotted: str) -> Any:
+    """raw["a"]["b"] for "a.b" in a plain config dict; None where a part is missing."""
+    node: Any = raw
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    """raw["a"]["b"] = value for "a.b" in a plain config dict. An integer key given a whole float (a numeric
+    Tune domain over rl.minibatches, say) gets the int."""
+    *parents, last = dotted.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    old = node[last]
+    if isinstance(old, int) and not isinstance(old, bool) and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    node[last] = value
+
+
 def get_key(cfg: Any, dotted: str) -> Any:
     obj = cfg
     for part in dotted.split("."):
@@ -511,4 +543,7 @@ __all__ = [
     "dump_yaml",
     "parse_overrides",
     "get_key",
+    "flatten",
+    "get_dotted",
+    "set_dotted",
 ]

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from switchpoint.config import Config, ConfigError, to_dict
+from switchpoint.config import Config, ConfigError, flatten, to_dict
 
 TRUNK_FILE = "trunk.json"
 REGIMES = ("adaptive", "stable", "mild", "severe")
@@ -34,17 +34,7 @@ def sft_settings(cfg: Config) -> dict:
         "learner": learner,
         "sft": raw["sft"],
     }
-    flat: dict = {}
-
-    def walk(prefix, node):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(f"{prefix}{k}.", v)
-            else:
-                flat[prefix + k] = v
-
-    walk("", nested)
-    return flat
+    return flatten(nested)
 
 
 def is_trunk_key(key: str) -> bool:
