@@ -143,7 +143,7 @@ def make_search_alg(name: str):
         ) from None
 
 
-def to_param_space(cfg: Config, branch_steps: list[int]) -> dict:
+def to_param_space(cfg: Config, branch_steps: list[int], specs: dict[str, tuple[str, list]]) -> dict:
     """Tune's param_space: branch_step plus every searched key (dotted names, set on the config per trial)."""
     from ray import tune
 
@@ -153,7 +153,7 @@ def to_param_space(cfg: Config, branch_steps: list[int]) -> dict:
         return tune.grid_search(values) if grid else tune.choice(values)
 
     space = {"branch_step": listed(list(branch_steps))}
-    for key, (kind, args) in check_search(cfg).items():
+    for key, (kind, args) in specs.items():
         if kind == "fixed":
             space[key] = args[0]
         elif kind == "grid":

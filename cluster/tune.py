@@ -93,8 +93,7 @@ def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None
         cfg = from_dict(sweep["config"])
         exp_dir = sweep["exp_dir"] = os.path.abspath(resume)
     else:
-        check_search(cfg)  # every search-space problem stops here, before a trunk or a trial
-        make_search_alg(cfg.tune.search_alg)
+        specs = check_search(cfg)  # every search-space problem stops here, before a trunk or a trial
         trunk, trained = ensure_trunk(cfg, quiet)
         steps = trunk.select(cfg.tune.branch_points)
         cfg = resolve_paths(cfg)
@@ -124,7 +123,7 @@ def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None
         scheduler, stopper = _scheduler_and_stopper(cfg, exp_dir, n_iters, quiet)
         tuner = tune.Tuner(
             _trainable(sweep),
-            param_space=to_param_space(cfg, sweep["branch_steps"]),
+            param_space=to_param_space(cfg, sweep["branch_steps"], specs),
             tune_config=tune.TuneConfig(
                 metric="accuracy",
                 mode="max",
@@ -142,7 +141,7 @@ def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None
                     num_to_keep=2, checkpoint_frequency=t.checkpoint_every
                 ),
                 failure_config=tune.FailureConfig(max_failures=1),
-                progress_reporter=None if quiet else _reporter(sorted(check_search(cfg))),
+                progress_reporter=None if quiet else _reporter(sorted(specs)),
                 verbose=0 if quiet else 1,
             ),
         )
