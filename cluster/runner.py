@@ -100,8 +100,7 @@ def run_pipeline(
 
         trunk = load_trunk(from_trunk)
         check_trunk_matches(trunk, cfg)  # on the config as written, before paths are resolved
-        if cfg.switch.policy.startswith("step:"):
-            trunk.checkpoint(int(cfg.switch.policy.split(":", 1)[1]))  # a missing step fails here, named
+        trunk.branch_decision(cfg.switch)  # a missing step or a policy that never branches fails here, named
         from_trunk = trunk.dir
     cfg = resolve_paths(cfg)
     # Fail on a bad model path or a bad data row here, before any actor starts.

@@ -114,6 +114,8 @@ class Trunk:
         if switch.policy == "never":
             raise ConfigError("a run from a trunk needs a switch policy other than 'never' (switch.policy)")
         policy = make_policy(switch.policy, switch.delta, switch.delta2, switch.patience)
+        if switch.policy.startswith("step:"):
+            self.checkpoint(policy.at_step)  # a branch starts at that very checkpoint, not the next one
         decision = None
         for c in self.checkpoints:
             decision = policy.observe(c.step, c.val_loss)
