@@ -47,8 +47,9 @@ class BranchController(Controller):
         self.p_sft_cache: dict[str, dict] = {}
 
     def can_host(self, cfg_dict: dict) -> bool:
-        """Can the live actors run a branch with this config (same model, data, engines, learner layout)?"""
-        return stack_signature(to_dict(from_dict(cfg_dict))) == self.signature
+        """Can the live actors run a branch with this full config (branch_config's: same model, data, engines,
+        learner layout)?"""
+        return stack_signature(cfg_dict) == self.signature
 
     # ---- one branch ------------------------------------------------------------------------------------------
     def _begin(self, cfg_dict: dict, run_dir: str, trunk_dir: str) -> None:

@@ -10,7 +10,7 @@ import csv
 import json
 import os
 
-from plasticity.ceiling import FAILED, CeilingFit, CeilingSearch, fit_ceiling
+from plasticity.ceiling import FAILED, MIN_POINTS, CeilingFit, CeilingSearch, fit_ceiling
 from plasticity.curves import load_run, run_branch
 from plasticity.early_stop import MIN_PARTIAL_POINTS, PARTIAL_SEARCH
 from switchpoint.config import flatten, get_dotted
@@ -26,7 +26,7 @@ COLUMNS = (
 
 def _fit(branch) -> CeilingFit | None:
     full = CeilingSearch()
-    search = full if len(branch.x) >= full.min_heldout + 4 else PARTIAL_SEARCH
+    search = full if len(branch.x) >= full.min_heldout + MIN_POINTS - 2 else PARTIAL_SEARCH
     if len(branch.x) < MIN_PARTIAL_POINTS:
         return None
     try:

@@ -69,6 +69,16 @@ def head(tmp_path):
             proc.kill()
 
 
+def _submit(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    for _ in range(60):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+        # The head's job agent may come up a little after its API; Ray says to try again later.
+        if r.returncode == 0 or "No available agent" not in r.stdout + r.stderr:
+            return r
+        time.sleep(2)
+    return r
+
+
 def test_job_submit_runs_the_pipeline(head, tmp_path):
     env, address = head
     out = tmp_path / "runs"
@@ -95,12 +105,7 @@ def test_job_submit_runs_the_pipeline(head, tmp_path):
         "--set",
         "rollout.num_workers=2",  # prompts spread over two engines, each synced
     ]
-    for _ in range(60):
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
-        # The head's job agent may come up a little after its API; Ray says to try again later.
-        if r.returncode == 0 or "No available agent" not in r.stdout + r.stderr:
-            break
-        time.sleep(2)
+    r = _submit(cmd, env)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "succeeded" in r.stdout
     (run_dir,) = list(out.iterdir())
@@ -129,11 +134,7 @@ def test_job_submit_runs_a_micro_sweep(head, tmp_path):
         "--set", f"run.output_dir={out}", "--set", "rl.steps=2", "--set", "sft.max_steps=30",
         "--set", "tune.branch_points=[10, 30]",
     ]  # fmt: skip
-    for _ in range(60):
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
-        if r.returncode == 0 or "No available agent" not in r.stdout + r.stderr:
-            break
-        time.sleep(2)
+    r = _submit(cmd, env)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "succeeded" in r.stdout and "recommended branch point" in r.stdout
     (exp,) = [p for p in out.iterdir() if p.name.startswith("micro_sweep-sweep-")]
