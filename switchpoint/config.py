@@ -263,6 +263,27 @@ class TuneConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    keep_last_states: int = 2
+    """Resume states (weights, optimizer, LR schedule, data position, RNG, policy, metrics row count) kept on
+    disk; older ones are deleted once a newer one is complete (at least 1)."""
+    keep_last_hf: int = 0
+    """SFT Hugging Face checkpoints kept besides the branch points (0: keep every one). Branch points are always
+    kept: the lowest validation loss so far (where stable/min_loss roll back to) and the switch checkpoint."""
+    rl_every: int = 0
+    """RL resume state every this many RL steps (0: at every held-out evaluation, rl.eval_every)."""
+
+
+@dataclass
+class FaultConfig:
+    max_faults: int = 5
+    """Actor faults (a verifier, rollout or learner actor that died) the run survives; one more stops the run with
+    the reason, keeping everything on disk (resume it with --resume)."""
+    actor_max_restarts: int = 3
+    """Ray's max_restarts for verifier actors (Ray restarts a dead one in place)."""
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     """Run identity and output folder."""
@@ -286,6 +307,10 @@ class Config:
     """Held-out accuracy."""
     tune: TuneConfig = field(default_factory=TuneConfig)
     """Ray Tune search of branch points and RL settings (`switchpoint tune`); ignored by `switchpoint run`."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """What is saved for --resume and what is kept on disk."""
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    """How many actor faults a run survives."""
 
 
 CHOICES = {
@@ -319,6 +344,7 @@ POSITIVE = (
     "tune.min_evals",
     "tune.confirm",
     "tune.checkpoint_every",
+    "checkpoint.keep_last_states",
 )
 
 
@@ -338,6 +364,10 @@ NON_NEGATIVE = (
     "rollout.gpus_per_worker",
     "learner.decay_steps",
     "sft.stop_after_severe",
+    "checkpoint.keep_last_hf",
+    "checkpoint.rl_every",
+    "faults.max_faults",
+    "faults.actor_max_restarts",
 )
 
 
