@@ -92,8 +92,16 @@ def _read_jsonl(
     path: Path, where: str, file_columns: dict[str, str], required: Sequence[str]
 ) -> Iterator[tuple[int, dict]]:
     """Yield (1-based line number, object) per non-blank line."""
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                # utf-8-sig on line 1: a byte-order mark some editors write is not part of the JSON.
+                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{where}: line {line_number} is not UTF-8 text (byte {raw[error.start]:#04x} at "
+                    f"column {error.start + 1}); re-encode the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -131,10 +139,33 @@ def _read_parquet(
             )
     wanted = [column for column in dict.fromkeys(file_columns.values()) if column in available]
     row_index = 0
-    for batch in parquet.iter_batches(columns=wanted, batch_size=65_536):
+    batches = parquet.iter_batches(columns=wanted, batch_size=65_536)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as error:  # a damaged page or invalid UTF-8 surfaces only while reading
+            raise ValueError(f"{where}: cannot read rows from row {row_index} on ({error})") from None
         for record in batch.to_pylist():
             yield row_index, record
             row_index += 1
+
+
+def row_label(path: str | Path, index: int) -> str:
+    """How `load_rows` errors name the row at `index` of the rows it returned: "line N" of a jsonl file
+    (blank lines are skipped, so N is counted again), "row (0-based) N" of a parquet file."""
+    path = Path(path)
+    if path.suffix.lower() not in JSONL_SUFFIXES:
+        return f"row (0-based) {index}"
+    seen = -1
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if raw.strip():
+                seen += 1
+                if seen == index:
+                    return f"line {line_number}"
+    return f"row {index}"
 
 
 def format_prompt(row: Mapping[str, str], prompt_template: str) -> str:
@@ -157,11 +188,9 @@ class SftTokenizeStats:
     n_rows: int
     """Rows given."""
     n_examples: int
-    """Examples returned (rows minus those dropped)."""
+    """Examples returned (one per row)."""
     n_truncated: int
     """Examples cut to max_len (their end, eos included, is lost)."""
-    n_dropped_no_response: int
-    """Rows dropped because their prompt alone filled max_len, leaving no response token to train on."""
 
 
 def tokenize_sft_with_stats(
@@ -178,7 +207,6 @@ def tokenize_sft_with_stats(
 
     examples = []
     n_truncated = 0
-    n_dropped = 0
     for index, row in enumerate(rows):
         if not row.get("response"):
             raise ValueError(f"SFT row {index} has no 'response' field or it is empty")
@@ -187,26 +215,26 @@ def tokenize_sft_with_stats(
         response_ids = [*tokenizer.encode(row["response"], add_special_tokens=False), eos_id]
         input_ids = prompt_ids + response_ids
         loss_mask = [0] * len(prompt_ids) + [1] * len(response_ids)
+        if len(prompt_ids) >= max_len:
+            # Cutting would leave no response token: a silent drop would hide a wrong max_len or template.
+            raise ValueError(
+                f"SFT row {index}: the prompt alone is {len(prompt_ids)} tokens, max_len is {max_len}; "
+                "no response token would be trained on"
+            )
         if len(input_ids) > max_len:
             n_truncated += 1
             input_ids, loss_mask = input_ids[:max_len], loss_mask[:max_len]
-        if not any(loss_mask):
-            n_dropped += 1
-            continue
         examples.append({"input_ids": input_ids, "loss_mask": loss_mask})
 
-    stats = SftTokenizeStats(
-        n_rows=len(rows), n_examples=len(examples), n_truncated=n_truncated, n_dropped_no_response=n_dropped
-    )
+    stats = SftTokenizeStats(n_rows=len(rows), n_examples=len(examples), n_truncated=n_truncated)
     if rows and n_truncated == len(rows):
         raise ValueError(f"all {len(rows)} SFT examples are longer than max_len={max_len}; raise max_len")
     if n_truncated:
         logger.warning(
-            "tokenize_sft: %d of %d examples truncated to max_len=%d (%d dropped with no response tokens left)",
+            "tokenize_sft: %d of %d examples truncated to max_len=%d (their ends, eos included, are not trained on)",
             n_truncated,
             len(rows),
             max_len,
-            n_dropped,
         )
     return examples, stats
 
@@ -216,8 +244,8 @@ def tokenize_sft(
 ) -> list[dict[str, list[int]]]:
     """Token ids and loss masks for SFT: template(prompt) + response + eos, loss on response and eos only.
 
-    Sequences longer than max_len are cut at max_len (counted and logged); a row whose prompt alone
-    fills max_len is dropped. Raises ValueError when every row is too long.
+    Sequences longer than max_len are cut at max_len (counted and logged). Raises ValueError naming the row
+    when a prompt alone fills max_len, and when every row is too long.
     """
     examples, _ = tokenize_sft_with_stats(rows, tokenizer, max_len=max_len, prompt_template=prompt_template)
     return examples

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from switchpoint.data import format_prompt, load_rows, tokenize_sft, tokenize_sft_with_stats
+from switchpoint.data import format_prompt, load_rows, row_label, tokenize_sft, tokenize_sft_with_stats
 from switchpoint.synthetic import write_splits
 from switchpoint.tiny_model import build_tokenizer
 
@@ -159,28 +159,60 @@ def test_tokenize_sft_masks_the_response_and_eos_only():
     assert tokenizer.decode(supervised, skip_special_tokens=True) == " 1+2=3. Answer: 3"
 
 
-def test_tokenize_sft_truncates_counts_and_drops(caplog):
+def test_tokenize_sft_truncates_and_counts(caplog):
     tokenizer = build_tokenizer()
     rows = [
         {"prompt": "abc", "response": "de"},  # 3 + 2 + eos = 6 tokens: fits
         {"prompt": "abcd", "response": "efgh"},  # 9 tokens: truncated to 6, keeps "ef"
-        {"prompt": "abcdefgh", "response": "x"},  # prompt alone exceeds 6: dropped
+        {"prompt": "abcde", "response": "xyz"},  # 9 tokens: truncated to 6, keeps "x"
     ]
     with caplog.at_level(logging.WARNING, logger="switchpoint.data"):
         examples, stats = tokenize_sft_with_stats(rows, tokenizer, max_len=6)
-    assert (stats.n_rows, stats.n_examples, stats.n_truncated, stats.n_dropped_no_response) == (3, 2, 2, 1)
+    assert (stats.n_rows, stats.n_examples, stats.n_truncated) == (3, 3, 2)
     assert "2 of 3 examples truncated" in caplog.text
     assert all(len(example["input_ids"]) <= 6 for example in examples)
     assert examples[1]["loss_mask"] == [0, 0, 0, 0, 1, 1]
     assert tokenizer.decode(examples[1]["input_ids"]) == "abcdef"
 
 
+@pytest.mark.parametrize("prompt", ["abcdef", "abcdefgh"])  # exactly max_len, and longer
+def test_tokenize_sft_names_a_row_whose_prompt_alone_fills_max_len(prompt):
+    tokenizer = build_tokenizer()
+    rows = [{"prompt": "abc", "response": "de"}, {"prompt": prompt, "response": "x"}]
+    with pytest.raises(
+        ValueError, match=rf"SFT row 1: the prompt alone is {len(prompt)} tokens, max_len is 6"
+    ):
+        tokenize_sft_with_stats(rows, tokenizer, max_len=6)
+
+
 def test_tokenize_sft_refuses_when_everything_is_truncated():
     tokenizer = build_tokenizer()
-    rows = [{"prompt": "abcdef", "response": "ghij"}] * 3
+    rows = [{"prompt": "abc", "response": "ghij"}] * 3  # 8 tokens each, the prompt alone fits
     with pytest.raises(ValueError, match="max_len=5"):
         tokenize_sft(rows, tokenizer, max_len=5)
     with pytest.raises(ValueError, match="max_len"):
         tokenize_sft(rows, tokenizer, max_len=1)
     with pytest.raises(ValueError, match="response"):
         tokenize_sft([{"prompt": "p", "response": ""}], tokenizer, max_len=16)
+
+
+def test_non_utf8_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    good = json.dumps({"prompt": "p", "response": "r", "answer": "1"}).encode()
+    path.write_bytes(good + b"\n" + b'{"prompt": "caf\xe9", "response": "r", "answer": "1"}\n')
+    with pytest.raises(ValueError) as error:
+        load_rows(path, columns=OURS, required=REQUIRED, split="sft_train")
+    message = str(error.value)
+    assert str(path) in message and "line 2 is not UTF-8" in message and "0xe9" in message
+
+
+def test_utf8_bom_on_line_one_is_accepted(tmp_path):
+    path = tmp_path / "rl.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "p", "answer": "1"}).encode() + b"\n")
+    assert load_rows(path, columns=OURS, required=("prompt", "answer"), split="rl")[0]["prompt"] == "p"
+
+
+def test_row_label_counts_jsonl_lines_past_blank_ones(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", ["{}", "", "{}", "{}"])
+    assert [row_label(path, i) for i in range(3)] == ["line 1", "line 3", "line 4"]
+    assert row_label(tmp_path / "a.parquet", 5) == "row (0-based) 5"
