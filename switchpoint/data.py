@@ -38,7 +38,9 @@ def load_rows(
 
     `columns` maps our field names to the file's column names; a field not in `columns` is looked up
     under its own name. Each row holds every field of `required` and `columns`: required ones must be
-    present and non-empty; an optional one that is absent or None becomes "". Numbers go through str().
+    present and non-empty; an optional one that is absent or None becomes "". Numbers in the answer column go
+    through str() (numeric reference answers); in the prompt or response column they are an error (a column
+    mapped to ids or scores, not text).
     """
     path = Path(path)
     where = f"{split} file {path}"
@@ -64,7 +66,9 @@ def load_rows(
         row = {}
         for field in fields:
             value = record.get(file_columns[field])
-            text = _as_text(value, where=f"{where}: {row_label} {row_number}, field {field!r}")
+            text = _as_text(
+                value, where=f"{where}: {row_label} {row_number}, field {field!r}", numbers=field == "answer"
+            )
             if field in required and not text.strip():
                 raise ValueError(
                     f"{where}: {row_label} {row_number}, field {field!r} "
@@ -75,13 +79,18 @@ def load_rows(
     return rows
 
 
-def _as_text(value: Any, *, where: str) -> str:
-    """A cell as str: strings as they are, numbers via str(), None as ""; anything else is an error."""
+def _as_text(value: Any, *, where: str, numbers: bool = True) -> str:
+    """A cell as str: strings as they are, numbers via str() when `numbers`, None as ""; anything else is an
+    error."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not numbers:
+            raise ValueError(
+                f"{where}: expected text, got the number {value!r} (numbers are read only as answers)"
+            )
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{where}: value {value!r} is not a finite number")
         return str(value)

@@ -111,6 +111,8 @@ def test_bad_json_on_line_3(tmp_path):
         ('{"prompt": "p", "response": "  ", "answer": "1"}', r"line 1, field 'response'.*empty"),
         ('{"prompt": {"a": 1}, "response": "r", "answer": "1"}', r"line 1, field 'prompt'.*dict"),
         ('{"prompt": "p", "response": "r", "answer": true}', r"line 1, field 'answer'.*bool"),
+        ('{"prompt": 5, "response": "r", "answer": "1"}', r"line 1, field 'prompt'.*expected text.*number 5"),
+        ('{"prompt": "p", "response": 2.5, "answer": "1"}', r"line 1, field 'response'.*number 2.5"),
     ],
 )
 def test_malformed_jsonl_rows(tmp_path, line, pattern):
