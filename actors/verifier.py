@@ -23,95 +23,47 @@ import multiprocessing
 import numbers
 import os
 import signal
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
 
-OK = "ok"
-NO_ANSWER = "no_answer"
-ERROR = "error"
-TIMEOUT = "timeout"
-CRASH = "crash"
-STATUSES = (OK, NO_ANSWER, ERROR, TIMEOUT, CRASH)
+from actors.fault_events import FaultEvent, fault_event
+from switchpoint import answers
+from switchpoint.answers import (  # re-exported: the verifier's public vocabulary
+    CRASH,
+    ERROR,
+    MAX_DETAIL_CHARS,
+    NO_ANSWER,
+    OK,
+    STATUSES,
+    TIMEOUT,
+    VerifyResult,
+    extract_final_answer,
+    verify_exact,
+    verify_math,
+)
+from switchpoint.answers import truncate as _truncate
 
-MAX_DETAIL_CHARS = 300
-ANSWER_MARKER = "Answer:"
-BOXED_MARKER = "\\boxed{"
-
-
-@dataclass
-class VerifyResult:
-    """The verdict on one completion."""
-
-    score: float
-    """The reward: 1.0/0.0 for the built-in verifiers, whatever finite number a plugged-in one returns;
-    always 0.0 unless status is "ok"."""
-    status: str
-    """One of STATUSES: ok, no_answer (nothing to extract), error (verify raised), timeout, crash."""
-    detail: str = ""
-    """Human-readable context (extracted answer, exception message, exit signal), truncated."""
-
-
-def _truncate(text: str) -> str:
-    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 3] + "..."
-
-
-# --- Built-in verify functions ---
-
-
-def _last_boxed_content(text: str) -> str | None:
-    """The contents of the last \\boxed{...}, with nested braces balanced; None if absent or unclosed."""
-    start = text.rfind(BOXED_MARKER)
-    if start < 0:
-        return None
-    depth = 1
-    for position in range(start + len(BOXED_MARKER), len(text)):
-        if text[position] == "{":
-            depth += 1
-        elif text[position] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + len(BOXED_MARKER) : position]
-    return None
-
-
-def extract_final_answer(text: str) -> str | None:
-    """The first token after the last "Answer:", else of the last \\boxed{...}; None when there is none."""
-    marker = text.rfind(ANSWER_MARKER)
-    candidate = text[marker + len(ANSWER_MARKER) :] if marker >= 0 else _last_boxed_content(text)
-    if candidate is None:
-        return None
-    tokens = candidate.split()
-    return tokens[0] if tokens else None
-
-
-def verify_exact(completion: str, reference: str) -> VerifyResult:
-    """Exact match of the extracted final answer against the stripped reference (the synthetic task)."""
-    answer = extract_final_answer(completion)
-    if answer is None:
-        return VerifyResult(0.0, NO_ANSWER, 'no "Answer:" or \\boxed{} answer in the completion')
-    score = 1.0 if answer == reference.strip() else 0.0
-    return VerifyResult(score, OK, _truncate(f"answer={answer!r}"))
-
-
-def verify_math(completion: str, reference: str) -> VerifyResult:
-    """Mathematical equivalence via math-verify ("\\frac{1}{2}" matches "0.5")."""
-    # Imported here so that importing this module stays cheap; VerifierWorker warms it up before forking.
-    from math_verify import parse, verify
-
-    gold_text = reference.strip()
-    if "$" not in gold_text and BOXED_MARKER not in gold_text:
-        gold_text = f"${gold_text}$"
-    # math-verify's own signal.alarm timeouts are switched off: the worker enforces the per-item limit.
-    gold = parse(gold_text, parsing_timeout=None)
-    if not gold:
-        raise ValueError(f"reference {_truncate(reference)!r} has no answer math-verify can parse")
-    predicted = parse(completion, parsing_timeout=None)
-    if not predicted:
-        return VerifyResult(0.0, NO_ANSWER, "math-verify found no answer in the completion")
-    return VerifyResult(1.0 if verify(gold, predicted, timeout_seconds=None) else 0.0, OK)
-
+__all__ = [
+    "CRASH",
+    "ERROR",
+    "MAX_DETAIL_CHARS",
+    "NO_ANSWER",
+    "OK",
+    "STATUSES",
+    "TIMEOUT",
+    "VerifierPool",
+    "VerifierWorker",
+    "VerifierWorkerActor",
+    "VerifyResult",
+    "extract_final_answer",
+    "verify_exact",
+    "verify_math",
+]
 
 VERIFIERS: dict[str, str | Callable] = {"exact": verify_exact, "math": verify_math}
 """Verifier kinds: name -> "package.module:function" or a module-level function, called as
@@ -120,7 +72,7 @@ string also works as a kind directly."""
 
 # A known-good item each built-in scores once in the actor before it forks children, so that every child
 # (restarts included) inherits the imports, compiled regexes and once-only warnings already done.
-_WARM_UP_ITEMS = {f"{__name__}:verify_exact": ("Answer: 1", "1"), f"{__name__}:verify_math": ("$1$", "1")}
+_WARM_UP_ITEMS = {answers.verify_exact: ("Answer: 1", "1"), answers.verify_math: ("$1$", "1")}
 
 
 def resolve_verifier_spec(kind: str) -> str:
@@ -244,8 +196,8 @@ class VerifierWorker:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         self._spec = resolve_verifier_spec(kind)
         verify_fn = load_verify_function(self._spec)
-        if self._spec in _WARM_UP_ITEMS:
-            verify_fn(*_WARM_UP_ITEMS[self._spec])
+        if verify_fn in _WARM_UP_ITEMS:
+            verify_fn(*_WARM_UP_ITEMS[verify_fn])
         self._timeout_s = float(timeout_s)
         self._chunk_size = chunk_size
         self._context = multiprocessing.get_context("fork")
@@ -257,6 +209,10 @@ class VerifierWorker:
     def ready(self) -> str:
         """The resolved "module:function" this worker runs; awaiting it surfaces construction errors."""
         return self._spec
+
+    def pid(self) -> int:
+        """Process id of this worker (the actor process), so tests can kill it from outside Ray."""
+        return os.getpid()
 
     def child_pid(self) -> int | None:
         """Process id of the current child (for monitoring and tests)."""
@@ -352,9 +308,35 @@ VerifierWorkerActor = ray.remote(VerifierWorker)
 
 # --- The pool used by the controller ---
 
+MAX_PIECE_FAILURES = 2
+"""A piece whose actor died under it this many times is scored 0 ("crash"): it may be what kills them."""
+RECOVERY_TIMEOUT_S = 120.0
+"""A worker that Ray has not restarted within this many seconds is replaced."""
+PROBE_INTERVAL_S = 0.1
+"""Pause between asking a restarting worker whether it is back (its calls fail until it is)."""
+
+
+@dataclass
+class _Fault:
+    """One failed call, turned into a FaultEvent once both the recovery and the redo are known."""
+
+    slot: int
+    error: str
+    started: float
+    action: str = ""
+    redone: str = ""
+    ended: float = 0.0
+    emitted: bool = False
+
 
 class VerifierPool:
-    """M VerifierWorker actors behind one score() call; a plain object, so the controller actor can own it."""
+    """M VerifierWorker actors behind one score() call; a plain object, so the controller actor can own it.
+
+    Actor faults are survived here, not by Ray's task retries (max_task_retries=0): a piece whose call fails
+    with an actor error is handed out again, to the restarted actor or another one; an actor whose restarts
+    are used up is replaced in its slot with the same options (so a placement bundle is kept). Each fault
+    becomes a FaultEvent for the controller (take_fault_events).
+    """
 
     def __init__(
         self,
@@ -364,8 +346,10 @@ class VerifierPool:
         num_cpus_per_worker: float = 0.25,
         chunk_size: int = 16,
         actor_options: list[dict] | None = None,
+        max_restarts: int = 3,
     ):
-        """actor_options: per-worker `.options(...)` (e.g. a placement-group bundle inside a Tune trial)."""
+        """actor_options: per-worker `.options(...)` (e.g. a placement-group bundle inside a Tune trial).
+        max_restarts: how often Ray restarts a dead worker actor before the pool replaces it."""
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
         if not timeout_s > 0:
@@ -374,22 +358,33 @@ class VerifierPool:
             raise ValueError(f"num_cpus_per_worker must be >= 0, got {num_cpus_per_worker!r}")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
         spec = resolve_verifier_spec(kind)
         load_verify_function(spec)  # a bad path fails here, in the caller, not inside M actors
         self.kind = kind
         self.num_workers = num_workers
+        self.fault_count = 0
+        """Worker actor faults (failed calls) since the pool started."""
         self._chunk_size = chunk_size
-        actor_class = ray.remote(num_cpus=num_cpus_per_worker)(VerifierWorker)
-        opts = actor_options or [{} for _ in range(num_workers)]
-        self._workers = [
-            actor_class.options(**opts[i]).remote(spec, timeout_s, chunk_size) for i in range(num_workers)
-        ]
+        self._actor_class = ray.remote(num_cpus=num_cpus_per_worker)(VerifierWorker)
+        self._actor_args = (spec, timeout_s, chunk_size)
+        per_worker = actor_options or [{} for _ in range(num_workers)]
+        retry_policy = {"max_restarts": max_restarts, "max_task_retries": 0}
+        self._slot_options = [{**retry_policy, **per_worker[slot]} for slot in range(num_workers)]
+        self._workers = [self._new_actor(slot) for slot in range(num_workers)]
         self._counts = dict.fromkeys(STATUSES, 0)
+        self._fault_events: list[FaultEvent] = []
         try:
             ray.get([worker.ready.remote() for worker in self._workers])
         except Exception:
             self.shutdown()
             raise
+
+    @property
+    def workers(self) -> list:
+        """The worker actor handles by slot (for monitoring and fault tests)."""
+        return list(self._workers)
 
     def score(self, completions: list[str], references: list[str]) -> list[VerifyResult]:
         """Score completions[i] against references[i] on all workers in parallel; order is preserved."""
@@ -399,28 +394,61 @@ class VerifierPool:
         # Pieces are handed out as workers free up, so a worker stuck on a slow item does not hold back
         # work the others could do. Several pieces per worker keep that balance; each stays >= a chunk.
         piece_size = max(self._chunk_size, math.ceil(len(completions) / (4 * self.num_workers)))
-        pieces = [(start, start + piece_size) for start in range(0, len(completions), piece_size)]
+        pieces = [
+            (start, min(start + piece_size, len(completions)))
+            for start in range(0, len(completions), piece_size)
+        ]
         parts: dict[int, list[VerifyResult]] = {}
-        in_flight = {}
-        idle_workers = list(self._workers)
-        next_piece = 0
-        while next_piece < len(pieces) or in_flight:
-            while idle_workers and next_piece < len(pieces):
-                worker = idle_workers.pop()
-                start, stop = pieces[next_piece]
-                in_flight[worker.score.remote(completions[start:stop], references[start:stop])] = (
-                    next_piece,
-                    worker,
-                )
-                next_piece += 1
-            [done], _ = ray.wait(list(in_flight), num_returns=1)
-            piece_index, worker = in_flight.pop(done)
-            parts[piece_index] = ray.get(done)
-            idle_workers.append(worker)
+        waiting = deque(range(len(pieces)))
+        failures = [0] * len(pieces)
+        faults_of_piece: dict[int, list[_Fault]] = {}
+        scoring = {}  # ObjectRef -> (piece, slot, submitted at)
+        recovering = {}  # ObjectRef of ready() -> (slot, fault, since)
+        idle = list(range(len(self._workers)))
+        while waiting or scoring or recovering:
+            if waiting and not idle and not scoring and not recovering:
+                raise RuntimeError("VerifierPool: every worker is lost; cannot score")
+            while idle and waiting:
+                slot, piece = idle.pop(), waiting.popleft()
+                start, stop = pieces[piece]
+                call = self._workers[slot].score.remote(completions[start:stop], references[start:stop])
+                scoring[call] = (piece, slot, time.monotonic())
+            done, _ = ray.wait([*scoring, *recovering], num_returns=1, timeout=1.0)
+            for ref in done:
+                if ref in scoring:
+                    piece, slot, submitted = scoring.pop(ref)
+                    try:
+                        parts[piece] = ray.get(ref)
+                    except RayActorError as exc:
+                        fault = _Fault(slot, _describe(exc), submitted)
+                        faults_of_piece.setdefault(piece, []).append(fault)
+                        self.fault_count += 1
+                        failures[piece] += 1
+                        if failures[piece] >= MAX_PIECE_FAILURES:
+                            detail = f"verifier actor died {failures[piece]} times on this piece; not scored"
+                            parts[piece] = [VerifyResult(0.0, CRASH, detail)] * (
+                                pieces[piece][1] - pieces[piece][0]
+                            )
+                        else:
+                            waiting.appendleft(piece)
+                        recovering[self._workers[slot].ready.remote()] = (slot, fault, time.monotonic())
+                    else:
+                        idle.append(slot)
+                    if piece in parts:
+                        self._close_faults(faults_of_piece.pop(piece, []), failures[piece], pieces[piece])
+                else:
+                    slot, fault, since = recovering.pop(ref)
+                    self._recover(ref, slot, fault, since, recovering, idle)
+            self._replace_overdue(recovering)
         results = [result for index in range(len(pieces)) for result in parts[index]]
         for result in results:
             self._counts[result.status] = self._counts.get(result.status, 0) + 1
         return results
+
+    def take_fault_events(self) -> list[FaultEvent]:
+        """The worker faults recorded since the last call (oldest first); they are cleared."""
+        events, self._fault_events = self._fault_events, []
+        return events
 
     def stats(self) -> dict[str, int]:
         """How many items ended in each status since the pool started."""
@@ -437,3 +465,56 @@ class VerifierPool:
             pass  # a dead or stuck actor is killed below either way; its child dies with it (PDEATHSIG)
         for worker in workers:
             ray.kill(worker)
+
+    def _new_actor(self, slot: int):
+        return self._actor_class.options(**self._slot_options[slot]).remote(*self._actor_args)
+
+    def _recover(self, ref, slot: int, fault: _Fault, since: float, recovering: dict, idle: list) -> None:
+        """Settle a ready() probe of a worker whose call failed: back in service, or replaced."""
+        try:
+            ray.get(ref)
+        except ActorUnavailableError:  # Ray is still restarting it: ask again shortly
+            time.sleep(PROBE_INTERVAL_S)
+            recovering[self._workers[slot].ready.remote()] = (slot, fault, since)
+            return
+        except RayActorError as exc:  # dead for good (restarts used up), or its replacement failed to start
+            if fault.action == "replaced":  # the replacement itself would not start: give the slot up
+                fault.action = f"replacement failed ({_describe(exc)}); slot left empty"
+                self._maybe_emit(fault)
+                return
+            self._replace(slot, fault, recovering)
+            return
+        fault.action = fault.action or "restarted by Ray"
+        self._maybe_emit(fault)
+        idle.append(slot)
+
+    def _replace(self, slot: int, fault: _Fault, recovering: dict) -> None:
+        ray.kill(self._workers[slot], no_restart=True)
+        self._workers[slot] = self._new_actor(slot)
+        fault.action = "replaced"
+        recovering[self._workers[slot].ready.remote()] = (slot, fault, time.monotonic())
+
+    def _replace_overdue(self, recovering: dict) -> None:
+        now = time.monotonic()
+        for ref, (slot, fault, since) in list(recovering.items()):
+            if now - since > RECOVERY_TIMEOUT_S and fault.action != "replaced":
+                del recovering[ref]
+                self._replace(slot, fault, recovering)
+
+    def _close_faults(self, faults: list[_Fault], failures: int, piece: tuple[int, int]) -> None:
+        items = piece[1] - piece[0]
+        for fault in faults:
+            fault.ended = time.monotonic()
+            if failures >= MAX_PIECE_FAILURES:
+                fault.redone = f"{items} items scored 0 after {failures} failures"
+            else:
+                fault.redone = f"{items} items re-scored"
+            self._maybe_emit(fault)
+
+    def _maybe_emit(self, fault: _Fault) -> None:
+        """Record the event once both what was done about the worker and what was redone are known."""
+        if fault.action and fault.redone and not fault.emitted:
+            fault.emitted = True
+            seconds_lost = fault.ended - fault.started
+            event = fault_event("verifier", fault.slot, fault.error, fault.action, fault.redone, seconds_lost)
+            self._fault_events.append(event)

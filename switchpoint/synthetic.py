@@ -11,7 +11,8 @@ Difficulty d (an int >= 1) sets two knobs: the chain has d + 1 operations, and o
 go below zero, so every number in a trajectory is a plain non-negative integer. Difficulty 1 and 2 are
 small enough for a ~1M-parameter two-layer transformer to learn on a CPU in a few hundred steps.
 
-Answers are checked by exact string match after `extract_answer`; model output is never evaluated.
+Answers are checked by exact string match after `extract_answer` (switchpoint.answers); model output is never
+evaluated.
 """
 
 from __future__ import annotations
@@ -24,18 +25,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from switchpoint import answers
+
 SPLIT_NAMES = ("sft_train", "sft_val", "rl", "eval")
 """The splits `write_splits` writes, in the order their prompts are drawn."""
 
-ANSWER_MARKER = "Answer:"
+ANSWER_MARKER = answers.ANSWER_MARKER
 """The text that precedes the final answer in every expert trajectory."""
 
 # Spaces at most this many prompts are enumerated and sampled uniformly without replacement;
 # larger ones are sampled with `make_problem` and de-duplicated.
 _ENUMERATE_LIMIT = 200_000
-
-# Tokens that end an answer in decoded model output besides whitespace.
-_END_MARKERS = ("</s>", "<|", "<pad>")
 
 
 def num_operations(difficulty: int) -> int:
@@ -221,27 +221,16 @@ def write_splits(
 
 
 def extract_answer(text: str) -> str | None:
-    """The answer after the last "Answer:" in `text`, up to whitespace or an end token; None when absent."""
-    if not isinstance(text, str):
-        return None
-    position = text.rfind(ANSWER_MARKER)
-    if position < 0:
-        return None
-    tail = text[position + len(ANSWER_MARKER) :].strip()
-    if not tail:
-        return None
-    answer = tail.split(maxsplit=1)[0]
-    for marker in _END_MARKERS:
-        answer = answer.split(marker, 1)[0]
-    # A sentence-ending period ("Answer: 18.") is not part of the answer.
-    answer = answer.rstrip(".")
-    return answer or None
+    """The final answer of `text` ("Answer: N" or \\boxed{N}); None when there is none or several different.
+
+    The verifiers use the same extractor (switchpoint.answers), so the task and the reward agree.
+    """
+    return answers.extract_final_answer(text)
 
 
 def check_answer(completion: str, reference: str) -> bool:
-    """True when the answer extracted from `completion` equals `reference` exactly (after strip)."""
-    extracted = extract_answer(completion)
-    return extracted is not None and extracted == str(reference).strip()
+    """True when the final answer of `completion` equals `reference` exactly (after strip)."""
+    return answers.matches_reference(answers.extract_final_answer(completion), reference)
 
 
 def _check_difficulty(difficulty: int) -> None:

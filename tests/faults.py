@@ -64,3 +64,23 @@ def mixed(completion: str, reference: str) -> float:
 def not_a_number(completion: str, reference: str) -> str:
     """Returns a string instead of a score: the pool must report it as an error, not crash."""
     return "yes"
+
+
+SLOW_SECONDS = 0.3
+
+
+def slow(completion: str, reference: str) -> float:
+    """Takes SLOW_SECONDS per item, so a test can kill a worker actor while it is busy with a batch."""
+    time.sleep(SLOW_SECONDS)
+    return last_token_matches(completion, reference)
+
+
+KILL_ACTOR_MARKER = "KILLACTOR"
+
+
+def kills_its_actor(completion: str, reference: str) -> float:
+    """SIGKILLs the verifier's actor process (this child's parent) on a KILLACTOR item, every time it is tried."""
+    if KILL_ACTOR_MARKER in completion:
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(60)  # dies with the actor (PDEATHSIG); never fall through to a score
+    return last_token_matches(completion, reference)

@@ -22,7 +22,9 @@ from actors.verifier import (
     VerifierWorkerActor,
     VerifyResult,
     extract_final_answer,
+    verify_exact,
 )
+from switchpoint.synthetic import check_answer, extract_answer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,10 +78,18 @@ def _process_is_gone(pid: int) -> bool:
     ("text", "expected"),
     [
         ("so the total is 12.\nAnswer: 12", "12"),
-        ("Answer: 3 is wrong. Answer:  7 apples", "7"),  # the LAST marker wins, first token only
+        ("Answer:  7 apples", "7"),  # first token only
+        ("Answer: 18.", "18"),  # a sentence-ending period is not part of the answer
+        ("Answer: 18</s><pad>", "18"),
         ("the result is \\boxed{\\frac{1}{2}} done", "\\frac{1}{2}"),  # nested braces
-        ("\\boxed{1} then \\boxed{2}", "2"),
-        ("Answer: \\boxed{5}", "\\boxed{5}"),  # "Answer:" takes precedence over \boxed
+        ("Answer: \\boxed{5}", "5"),
+        ("\\boxed{7} so Answer: 7. Answer: 7", "7"),  # the same answer repeated is one answer
+        ("Answer: 3 is wrong. Answer:  7 apples", None),  # several different answers: none
+        ("\\boxed{3} or \\boxed{2} or \\boxed{1}", None),
+        ("Answer: 18 or 19", None),
+        ("Answer: 18, 19", None),
+        ("\\boxed{1} then Answer: 2", None),
+        ("Answer: 18\x00", None),  # control characters: refused, never stripped
         ("Answer:   ", None),
         ("\\boxed{unclosed", None),
         ("no marker at all", None),
@@ -227,3 +237,34 @@ def test_hung_child_dies_with_its_actor(local_ray):
     while not _process_is_gone(child_pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _process_is_gone(child_pid)
+
+
+HEDGES = [
+    "Answer: 18 or 19",
+    "\\boxed{19} or \\boxed{18}",
+    "Answer: 19. Answer: 18",
+    "\\boxed{18} Answer: 17",
+]
+
+
+@pytest.mark.parametrize("pool_fixture", ["exact_pool", "math_pool"])
+def test_hedged_answers_score_zero_and_plain_ones_score(request, pool_fixture):
+    pool = request.getfixturevalue(pool_fixture)
+    plain = ["9+9=18. Answer: 18.", "\\boxed{18}", "Answer: 18 Answer: 18", "Answer: \\boxed{18}"]
+    results = pool.score(HEDGES + plain, ["18"] * (len(HEDGES) + len(plain)))
+    assert [r.score for r in results] == [0.0] * len(HEDGES) + [1.0] * len(plain)
+    assert all(r.status == NO_ANSWER and "several different final answers" in r.detail for r in results[:4])
+
+
+def test_synthetic_task_and_exact_verifier_agree():
+    texts = HEDGES + [
+        "Answer: 18.",
+        " 9+9=18. Answer: 18",
+        "Answer: 18</s>",
+        "\\boxed{18}",
+        "18",
+        "Answer: 18\x00",
+    ]
+    for text in texts:
+        assert check_answer(text, "18") == (verify_exact(text, "18").score == 1.0), text
+        assert extract_answer(text) == extract_final_answer(text)
