@@ -43,6 +43,9 @@ NO_FINAL_ANSWER = 'no "Answer:" or \\boxed{} answer'
 # character pass for a separator.
 _SPACE = " \t\n\r\f\v"
 _TOKEN = re.compile(f"[{_SPACE}]*([^{_SPACE}]*)")
+_MARKER_WITH_TOKEN = re.compile(
+    f"{re.escape(ANSWER_MARKER)}[{_SPACE}]*(?!{re.escape(ANSWER_MARKER)})(?=[^{_SPACE}])"
+)
 _HEDGE_WORDS = frozenset({"or", "and/or"})
 _CONTROL = re.compile(
     "[\x00-\x08\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
@@ -85,7 +88,11 @@ def find_final_answer(text: str) -> FinalAnswer:
     if not isinstance(text, str):
         return FinalAnswer(None, f"not a string but {type(text).__name__}")
     seen: dict[str, str] = {}  # normalised form -> first spelling seen
+    spellings: set[str] = set()
     for candidate in _candidates(text):
+        if candidate in spellings:  # thousands of repeats: skip the normalising
+            continue
+        spellings.add(candidate)
         seen.setdefault(_normalise(candidate), candidate)
         if len(seen) > 1:
             shown = ", ".join(repr(_shorten(spelling)) for spelling in seen.values())
@@ -167,13 +174,11 @@ def _unbox(text: str, start: int, end: int, closing: dict[int, int]) -> str:
 
 def _marker_answers(text: str):
     """The token after each "Answer:", cleaned; plus the alternative when a hedge ("18 or 19") follows."""
-    start = text.find(ANSWER_MARKER)
-    while start >= 0:
-        region_start = start + len(ANSWER_MARKER)
-        following = text.find(ANSWER_MARKER, region_start)
+    # Markers with nothing after them but another marker are skipped by the regex engine, not a Python loop.
+    for marker in _MARKER_WITH_TOKEN.finditer(text):
+        following = text.find(ANSWER_MARKER, marker.end())
         region_end = following if following >= 0 else len(text)  # keeps thousands of markers linear
-        start = following
-        token, after = _next_token(text, region_start, region_end)
+        token, after = _next_token(text, marker.end(), region_end)
         if not token or token.startswith(BOXED_MARKER):
             continue  # "Answer: \boxed{...}" is read (with balanced braces) by _boxed_contents
         hedged = token[-1] in ",;"
