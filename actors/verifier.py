@@ -14,6 +14,9 @@ SIGKILLed (status "timeout"); a child that dies mid-item gives status "crash"; a
 gives status "error". In each case the item scores 0.0, a fresh child is forked, and the rest of the chunk
 is sent again. Children are forked (not spawned) from an actor that has already imported the verify
 function, so a restart costs milliseconds rather than a fresh interpreter and a sympy import.
+
+A worker ACTOR that dies (killed, OOM, node lost) costs the pool a re-send, not the run: see VerifierPool.
+The built-in verify functions and the answer extractor live in switchpoint/answers.py (no Ray there).
 """
 
 import ctypes
@@ -33,7 +36,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from actors.fault_events import FaultEvent, fault_event
 from switchpoint import answers
-from switchpoint.answers import (  # re-exported: the verifier's public vocabulary
+from switchpoint.answers import (  # noqa: F401 (re-exported)
     CRASH,
     ERROR,
     MAX_DETAIL_CHARS,
@@ -47,23 +50,6 @@ from switchpoint.answers import (  # re-exported: the verifier's public vocabula
     verify_math,
 )
 from switchpoint.answers import truncate as _truncate
-
-__all__ = [
-    "CRASH",
-    "ERROR",
-    "MAX_DETAIL_CHARS",
-    "NO_ANSWER",
-    "OK",
-    "STATUSES",
-    "TIMEOUT",
-    "VerifierPool",
-    "VerifierWorker",
-    "VerifierWorkerActor",
-    "VerifyResult",
-    "extract_final_answer",
-    "verify_exact",
-    "verify_math",
-]
 
 VERIFIERS: dict[str, str | Callable] = {"exact": verify_exact, "math": verify_math}
 """Verifier kinds: name -> "package.module:function" or a module-level function, called as
@@ -375,6 +361,7 @@ class VerifierPool:
         self._workers = [self._new_actor(slot) for slot in range(num_workers)]
         self._counts = dict.fromkeys(STATUSES, 0)
         self._fault_events: list[FaultEvent] = []
+        self._lost_slots: set[int] = set()  # slots whose replacement would not start
         try:
             ray.get([worker.ready.remote() for worker in self._workers])
         except Exception:
@@ -404,7 +391,7 @@ class VerifierPool:
         faults_of_piece: dict[int, list[_Fault]] = {}
         scoring = {}  # ObjectRef -> (piece, slot, submitted at)
         recovering = {}  # ObjectRef of ready() -> (slot, fault, since)
-        idle = list(range(len(self._workers)))
+        idle = [slot for slot in range(len(self._workers)) if slot not in self._lost_slots]
         while waiting or scoring or recovering:
             if waiting and not idle and not scoring and not recovering:
                 raise RuntimeError("VerifierPool: every worker is lost; cannot score")
@@ -424,7 +411,7 @@ class VerifierPool:
                         faults_of_piece.setdefault(piece, []).append(fault)
                         self.fault_count += 1
                         failures[piece] += 1
-                        if failures[piece] >= MAX_PIECE_FAILURES:
+                        if failures[piece] >= MAX_PIECE_FAILURES:  # it may be what kills them: give up on it
                             detail = f"verifier actor died {failures[piece]} times on this piece; not scored"
                             parts[piece] = [VerifyResult(0.0, CRASH, detail)] * (
                                 pieces[piece][1] - pieces[piece][0]
@@ -478,11 +465,10 @@ class VerifierPool:
             recovering[self._workers[slot].ready.remote()] = (slot, fault, since)
             return
         except RayActorError as exc:  # dead for good (restarts used up), or its replacement failed to start
-            if fault.action == "replaced":  # the replacement itself would not start: give the slot up
-                fault.action = f"replacement failed ({_describe(exc)}); slot left empty"
-                self._maybe_emit(fault)
-                return
-            self._replace(slot, fault, recovering)
+            if fault.action == "replaced":
+                self._give_up(slot, fault, _describe(exc))
+            else:
+                self._replace(slot, fault, recovering)
             return
         fault.action = fault.action or "restarted by Ray"
         self._maybe_emit(fault)
@@ -497,9 +483,19 @@ class VerifierPool:
     def _replace_overdue(self, recovering: dict) -> None:
         now = time.monotonic()
         for ref, (slot, fault, since) in list(recovering.items()):
-            if now - since > RECOVERY_TIMEOUT_S and fault.action != "replaced":
+            if now - since > RECOVERY_TIMEOUT_S:
                 del recovering[ref]
-                self._replace(slot, fault, recovering)
+                if fault.action == "replaced":
+                    self._give_up(slot, fault, f"not ready after {RECOVERY_TIMEOUT_S:g} s")
+                else:
+                    self._replace(slot, fault, recovering)
+
+    def _give_up(self, slot: int, fault: _Fault, why: str) -> None:
+        """The replacement would not start either: leave the slot empty rather than retry forever."""
+        ray.kill(self._workers[slot], no_restart=True)
+        self._lost_slots.add(slot)
+        fault.action = _truncate(f"replacement failed ({why}); slot left empty")
+        self._maybe_emit(fault)
 
     def _close_faults(self, faults: list[_Fault], failures: int, piece: tuple[int, int]) -> None:
         items = piece[1] - piece[0]
