@@ -7,8 +7,9 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from switchpoint.checks import check_model_folder, check_output_dir, load_tokenizer
 from switchpoint.config import Config, ConfigError
-from switchpoint.data import load_rows
+from switchpoint.data import format_prompt, load_rows, row_label
 
 
 @dataclass
@@ -56,17 +57,23 @@ def ensure_model(cfg: Config) -> str:
             t = cfg.model.tiny
             # Build beside the target and rename: concurrent runs never see a half-written folder.
             tmp = f"{path}.tmp-{os.getpid()}"
-            build_tiny_model(
-                tmp,
-                hidden_size=t.hidden_size,
-                intermediate_size=t.intermediate_size,
-                num_hidden_layers=t.num_hidden_layers,
-                num_attention_heads=t.num_attention_heads,
-                num_key_value_heads=t.num_attention_heads,
-                max_position_embeddings=t.max_position_embeddings,
-                seed=cfg.run.seed,
-                overwrite=True,
-            )
+            try:
+                build_tiny_model(
+                    tmp,
+                    hidden_size=t.hidden_size,
+                    intermediate_size=t.intermediate_size,
+                    num_hidden_layers=t.num_hidden_layers,
+                    num_attention_heads=t.num_attention_heads,
+                    num_key_value_heads=t.num_attention_heads,
+                    max_position_embeddings=t.max_position_embeddings,
+                    seed=cfg.run.seed,
+                    overwrite=True,
+                )
+            except OSError as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ConfigError(
+                    f"cannot build the tiny model in {cfg.model.path} ({e.strerror or e}); config key 'model.path'"
+                ) from None
             try:
                 os.rename(tmp, path)
             except OSError:  # another run built it first
@@ -99,9 +106,19 @@ def _synthetic_paths(cfg: Config) -> dict[str, str]:
     )
     manifest = os.path.join(folder, "manifest.json")
     if not os.path.isfile(manifest):
-        return write_splits(folder, **knobs)
-    with open(manifest) as f:
-        json.load(f)
+        try:
+            return write_splits(folder, **knobs)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot write the synthetic data to {folder} ({e.strerror or e}); config key 'data.dir'"
+            ) from None
+    try:
+        with open(manifest) as f:
+            json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"synthetic data manifest {manifest} is unreadable ({e}); delete {folder}"
+        ) from None
     return {name: os.path.join(folder, f"{name}.parquet") for name in ("sft_train", "sft_val", "rl", "eval")}
 
 
@@ -133,3 +150,37 @@ def load_splits(cfg: Config) -> tuple[Splits, dict[str, str]]:
         if not rows[name]:
             raise ConfigError(f"data split {name!r} at {path} has no rows")
     return Splits(**rows), paths
+
+
+def check_inputs(cfg: Config) -> None:
+    """Everything about the model and the data that can fail, checked in this process before Ray starts:
+    the model folder (files, vLLM architecture, tokenizer with eos), every data row, and prompts that would not
+    fit data.max_len (SFT) or the model's positions (RL and held-out prompts); last, that run.output_dir takes
+    a file (so a bad model or data row leaves no empty output folder behind)."""
+    path = ensure_model(cfg)
+    check_model_folder(cfg, path, check_architecture=not cfg.model.build_tiny)  # we build Llama ourselves
+    tokenizer = load_tokenizer(path)
+    splits, paths = load_splits(cfg)
+    with open(os.path.join(path, "config.json")) as f:
+        max_positions = json.load(f).get("max_position_embeddings")
+    limits = {"sft_train": cfg.data.max_len, "sft_val": cfg.data.max_len}
+    if isinstance(max_positions, int):
+        limits.update(rl=max_positions, eval=max_positions)
+    for name, limit in limits.items():
+        rows = getattr(splits, name)
+        prompts = [format_prompt(row, cfg.data.prompt_template) for row in rows]
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        index = next((i for i, n in enumerate(lengths) if n >= limit), None)
+        if index is None:
+            continue
+        where = f"{name} file {paths[name]}: {row_label(paths[name], index)}"
+        if name.startswith("sft"):
+            raise ConfigError(
+                f"{where}: the prompt alone is {lengths[index]} tokens and config key 'data.max_len' is {limit}, "
+                "so no response token would be trained on; raise data.max_len or shorten the prompt"
+            )
+        raise ConfigError(
+            f"{where}: the prompt is {lengths[index]} tokens, the model takes {limit} "
+            f"(max_position_embeddings of {path}), so vLLM cannot generate for it; shorten or drop the row"
+        )
+    check_output_dir(cfg.run.output_dir)

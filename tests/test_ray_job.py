@@ -1,7 +1,9 @@
 """`ray job submit` of the micro config (and of the micro sweep) against a `ray start --head` head, token auth on."""
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,8 +23,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def head(tmp_path):
+AGENT_PORT_FLAGS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+    "ray-client-server-port",
+)
+
+
+@contextlib.contextmanager
+def _head(num_cpus: int):
     env = dict(os.environ, RAY_AUTH_MODE="token", PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     env.pop("RAY_ADDRESS", None)
     dash = _free_port()
@@ -37,7 +48,10 @@ def head(tmp_path):
         f"--port={_free_port()}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
-        "--num-cpus=6",
+        f"--num-cpus={num_cpus}",
+        # Ports of our own for the agents too: with Ray's defaults a second head on this machine (another test
+        # session) leaves the job agent unreachable and `ray job submit` retrying for minutes.
+        *(f"--{flag}={_free_port()}" for flag in AGENT_PORT_FLAGS),
         "--disable-usage-stats",
     ]
     proc = subprocess.Popen(start, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -67,6 +81,19 @@ def head(tmp_path):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def head():
+    with _head(6) as h:
+        yield h
+
+
+@pytest.fixture
+def two_cpu_head():
+    """A plain `ray start --head` on a 2-core machine: 2 CPUs, no autoscaler that could add more."""
+    with _head(2) as h:
+        yield h
 
 
 def _submit(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -142,3 +169,47 @@ def test_job_submit_runs_a_micro_sweep(head, tmp_path):
     assert sorted(row["branch_step"] for row in report["rows"]) == [10, 30]
     assert all(row["rl_steps"] == 2 for row in report["rows"])
     assert (out / "trunks").is_dir() and (exp / "results.png").is_file()
+
+
+def test_job_submit_refuses_a_config_the_cluster_cannot_fit(two_cpu_head, tmp_path):
+    """tiny.yaml needs 3.5 CPUs: on a fixed 2-CPU head the job fails in seconds with the numbers and the keys,
+    where it used to wait forever at "starting actors"."""
+    env, address = two_cpu_head
+    env = dict(env)
+    env.pop("SWITCHPOINT_AUTOSCALING", None)
+    out = tmp_path / "runs"
+    cmd = [
+        os.path.join(BIN, "ray"), "job", "submit", "--address", address, "--working-dir", REPO, "--",
+        "python", "-m", "cluster.job", "--config", "configs/tiny.yaml", "--set", f"run.output_dir={out}",
+    ]  # fmt: skip
+    t0 = time.time()
+    r = _submit(cmd, env)
+    seconds = time.time() - t0
+    print(f"2-CPU job submit of tiny.yaml ended after {seconds:.1f} s\n{r.stdout[-1500:]}")
+    assert seconds < 60, f"took {seconds:.0f} s: a hang guard, it ends in seconds"  # measured ~20 s here
+    assert r.returncode != 0, r.stdout[-3000:]
+    job_id = re.search(r"raysubmit_\w+", r.stdout).group(0)
+    ray = os.path.join(BIN, "ray")
+    status = subprocess.run(
+        [ray, "job", "status", job_id, "--address", address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "failed" in status.stdout.lower(), status.stdout + status.stderr
+    logs = subprocess.run(
+        [ray, "job", "logs", job_id, "--address", address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    errors = [line for line in logs.splitlines() if line.startswith("switchpoint: error:")]
+    assert errors == [
+        "switchpoint: error: the config needs 3.5 CPUs (learner.num_ranks 2 x learner.cpus_per_rank 1 + "
+        "rollout.num_workers 1 x rollout.cpus_per_worker 1 + verifier.num_workers 2 x "
+        "verifier.cpus_per_worker 0.25); the cluster has 2 CPUs: lower those keys or add nodes"
+    ], logs[-3000:]
+    assert "Traceback" not in logs
+    assert list(out.iterdir()) == []  # refused before a run folder was made (run.output_dir checked writable)

@@ -1,0 +1,185 @@
+"""Checks of a run's inputs beyond one key's type and range: settings that contradict each other, the model
+folder (files, architecture, tokenizer), the output folder. Each raises one ConfigError line naming the key,
+file or path; all run before Ray starts, so a bad input never costs a started cluster or a finished phase.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+from typing import Any
+
+from switchpoint.config import Config, ConfigError
+
+MAX_VERIFIER_TIMEOUT_S = 600.0
+"""A verifier item that needs more than this is hung; the pool would wait this long per such item."""
+
+WEIGHT_PATTERNS = (
+    "*.safetensors",
+    "pytorch_model*.bin",
+    "*.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _non_finite(obj: Any, prefix: str = "") -> str | None:
+    """The first float key holding nan or inf: such values pass every `<= 0` range check silently."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            found = _non_finite(value, f"{prefix}{f.name}.")
+            if found:
+                return found
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"{prefix}{f.name}"
+    return None
+
+
+def check_config(cfg: Config) -> None:
+    """Rules that involve several keys, or values no range table can express."""
+    bad = _non_finite(cfg)
+    if bad:
+        raise ConfigError(f"config key {bad!r} must be a finite number, got {_get(cfg, bad)}")
+    if cfg.data.max_len < 2:
+        raise ConfigError(
+            f"config key 'data.max_len' must be >= 2 (a prompt token and eos), got {cfg.data.max_len}"
+        )
+    sft_runs = cfg.switch.policy != "rl_only" and cfg.sft.max_steps > 0
+    if sft_runs and cfg.sft.eval_every > cfg.sft.max_steps:
+        raise ConfigError(
+            f"config key 'sft.eval_every' ({cfg.sft.eval_every}) is larger than 'sft.max_steps' "
+            f"({cfg.sft.max_steps}): SFT would validate only at its last step, so no regime can be judged; "
+            "lower sft.eval_every or raise sft.max_steps"
+        )
+    if cfg.verifier.timeout_s > MAX_VERIFIER_TIMEOUT_S:
+        raise ConfigError(
+            f"config key 'verifier.timeout_s' is {cfg.verifier.timeout_s:g} s; at most {MAX_VERIFIER_TIMEOUT_S:g} s "
+            "(a hung item would stall every RL step that long)"
+        )
+    if cfg.rl.group_size < 2:
+        # Every algorithm here compares a sample with its group: with G=1 all advantages are 0, RL learns nothing.
+        raise ConfigError(
+            f"config key 'rl.group_size' must be >= 2 for rl.algorithm {cfg.rl.algorithm} (advantages are "
+            f"relative to the group; a group of {cfg.rl.group_size} gives all zeros), got {cfg.rl.group_size}"
+        )
+    if not 0 <= cfg.switch.delta < cfg.switch.delta2:
+        raise ConfigError(
+            f"config keys 'switch.delta' ({cfg.switch.delta:g}) and 'switch.delta2' ({cfg.switch.delta2:g}) "
+            "must satisfy 0 <= delta < delta2 (the Stable band lies inside the Severe threshold)"
+        )
+    if not 0 < cfg.rollout.gpu_memory_utilization <= 1:
+        raise ConfigError(
+            f"config key 'rollout.gpu_memory_utilization' must be in (0, 1], got {cfg.rollout.gpu_memory_utilization}"
+        )
+    if cfg.model.build_tiny:
+        _check_lengths(cfg, cfg.model.tiny.max_position_embeddings, "model.tiny.max_position_embeddings")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_lengths(cfg: Config, max_positions: int, where: str) -> None:
+    if cfg.data.max_len > max_positions:
+        raise ConfigError(
+            f"config key 'data.max_len' ({cfg.data.max_len}) is larger than the model's max_position_embeddings "
+            f"({max_positions}, {where}); lower data.max_len"
+        )
+    if cfg.rollout.max_tokens >= max_positions:
+        raise ConfigError(
+            f"config key 'rollout.max_tokens' ({cfg.rollout.max_tokens}) leaves no room for a prompt in the model's "
+            f"{max_positions} positions ({where}); lower rollout.max_tokens"
+        )
+
+
+def _supported_architectures() -> set[str] | None:
+    """Architectures vLLM can serve for generation, read from its registry (no engine starts). None when vLLM
+    is not installed here: the engines then report the problem themselves."""
+    try:
+        from vllm.model_executor.models import registry
+    except ImportError:
+        return None
+    # Pooling-only archs (BertModel, ...) are registered too but cannot generate; prefer the generation tables.
+    tables = ("_TEXT_GENERATION_MODELS", "_MULTIMODAL_MODELS", "_TRANSFORMERS_BACKEND_MODELS")
+    archs = set().union(*(getattr(registry, t, {}) for t in tables))
+    return archs or set(registry.ModelRegistry.get_supported_archs())
+
+
+def check_model_folder(cfg: Config, path: str, check_architecture: bool = True) -> None:
+    """A Hugging Face folder the learner and vLLM can both load: config.json with a supported architecture,
+    weights, a tokenizer with an eos token, and room for data.max_len and rollout.max_tokens."""
+    where = f"model folder {path} (config key 'model.path')"
+    config_path = os.path.join(path, "config.json")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            hf = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{config_path} cannot be read as JSON ({e}); {where}") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{config_path} must hold a JSON object; {where}")
+    archs = hf.get("architectures")
+    if not archs or not isinstance(archs, list):
+        raise ConfigError(
+            f"{config_path} has no 'architectures' list: vLLM cannot tell which model to build; {where}"
+        )
+    if check_architecture:
+        supported = _supported_architectures()
+        if supported is not None and not any(a in supported for a in archs):
+            raise ConfigError(
+                f"{config_path}: architecture {', '.join(map(str, archs))} is not one vLLM can generate with "
+                f"(vllm.model_executor.models.ModelRegistry); {where}"
+            )
+    if not any(glob.glob(os.path.join(path, p)) for p in WEIGHT_PATTERNS):
+        raise ConfigError(f"{where} has no weights (*.safetensors or pytorch_model*.bin)")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise ConfigError(f"{where} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    max_positions = hf.get("max_position_embeddings")
+    if isinstance(max_positions, int) and not isinstance(max_positions, bool):
+        _check_lengths(cfg, max_positions, f"max_position_embeddings in {config_path}")
+
+
+def load_tokenizer(path: str):
+    """The model folder's tokenizer; one line naming the folder when it cannot load or has no eos token
+    (SFT targets end with eos and RL completions stop at it)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a broken folder
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"tokenizer in model folder {path} cannot load ({first}); config key 'model.path'"
+        ) from None
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(
+            f"tokenizer in model folder {path} has no eos token (set eos_token in its tokenizer_config.json); "
+            "config key 'model.path'"
+        )
+    return tokenizer
+
+
+def check_output_dir(path: str) -> None:
+    """run.output_dir must take a new folder and a file: checked by writing one, so a read-only mount or a full
+    disk stops the run now and not at its first checkpoint."""
+    probe = os.path.join(path, f".switchpoint-write-check-{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise ConfigError(
+            f"output folder {path} is not writable ({e.strerror or e}); config key 'run.output_dir'"
+        ) from None
+    finally:
+        try:
+            os.remove(probe)
+        except OSError:
+            pass
