@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
 import math
 import os
 from typing import Any
@@ -101,10 +102,17 @@ def _check_lengths(cfg: Config, max_positions: int, where: str) -> None:
 def _supported_architectures() -> set[str] | None:
     """Architectures vLLM can serve for generation, read from its registry (no engine starts). None when vLLM
     is not installed here: the engines then report the problem themselves."""
+    # vLLM warns about its platform (e.g. "Triton ... Disabling Triton.") while importing, before its own logging
+    # is set up, so Python prints it on stderr: noise above a one-line error. Quiet its loggers for the import.
+    vllm_logger = logging.getLogger("vllm")
+    level = vllm_logger.level
+    vllm_logger.setLevel(logging.ERROR)
     try:
         from vllm.model_executor.models import registry
     except ImportError:
         return None
+    finally:
+        vllm_logger.setLevel(level)
     # Pooling-only archs (BertModel, ...) are registered too but cannot generate; prefer the generation tables.
     tables = ("_TEXT_GENERATION_MODELS", "_MULTIMODAL_MODELS", "_TRANSFORMERS_BACKEND_MODELS")
     archs = set().union(*(getattr(registry, t, {}) for t in tables))

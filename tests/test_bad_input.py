@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,19 +56,21 @@ def write_data(folder, rows_by_split=None) -> list[str]:
     return sets
 
 
-def run_cli(capsys, tmp_path, sets, roots=()) -> str:
-    """switchpoint run micro.yaml --set ... from tmp_path; asserts the one-line refusal; returns that line."""
+def run_cli(capfd, tmp_path, sets, roots=()) -> str:
+    """switchpoint run micro.yaml --set ... from tmp_path; asserts the one-line refusal; returns that line.
+    capfd, not capsys: log handlers libraries bound to the real stdout/stderr at import are caught too."""
     (tmp_path / "earlier-run").mkdir(exist_ok=True)
     (tmp_path / "earlier-run" / "metrics.jsonl").write_text('{"step": 1}\n')  # work done before: must survive
     before = snapshot(tmp_path, *roots)
     argv = ["run", MICRO, "--quiet"]
     for s in sets:
         argv += ["--set", s]
-    capsys.readouterr()
+    capfd.readouterr()
     rc = main(argv)
-    err = capsys.readouterr().err
+    out, err = capfd.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
     assert rc == 2, err
+    assert out.strip() == "", out  # --quiet: nothing else on the console, no library chatter either
     assert len(lines) == 1 and lines[0].startswith("switchpoint: error: "), err
     assert "Traceback" not in err
     assert snapshot(tmp_path, *roots) == before  # nothing written, nothing removed, no empty run folder
@@ -98,18 +101,18 @@ CONFIG_CASES = [
 
 
 @pytest.mark.parametrize("sets, needle", CONFIG_CASES, ids=[c[0][-1] for c in CONFIG_CASES])
-def test_bad_config(capsys, tmp_path, monkeypatch, sets, needle):
+def test_bad_config(capfd, tmp_path, monkeypatch, sets, needle):
     monkeypatch.chdir(tmp_path)
-    line = run_cli(capsys, tmp_path, sets)
+    line = run_cli(capfd, tmp_path, sets)
     assert needle in line, line
 
 
-def test_config_file_errors(capsys, tmp_path, monkeypatch):
+def test_config_file_errors(capfd, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("rl: {steps: 3\n")
     assert main(["run", str(bad)]) == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err.count("\n") == 1 and f"config file {bad} is not valid YAML" in err, err
 
 
@@ -160,21 +163,21 @@ def _bad_rows(case):
     ["missing column", "empty file", "non-UTF-8", "int prompt", "null prompt", "list answer"]
     + ["prompt > max_len", "prompt > model"],
 )
-def test_bad_data_file(capsys, tmp_path, monkeypatch, model_dir, case):
+def test_bad_data_file(capfd, tmp_path, monkeypatch, model_dir, case):
     monkeypatch.chdir(tmp_path)
     split, rows, needle = _bad_rows(case)
     sets = write_data(tmp_path, {split: rows}) + [f"model.path={model_dir}", "model.build_tiny=false"]
-    line = run_cli(capsys, tmp_path, sets, roots=[model_dir])
+    line = run_cli(capfd, tmp_path, sets, roots=[model_dir])
     assert needle.format(path=tmp_path / f"{split}.jsonl") in line, line
 
 
-def test_damaged_parquet(capsys, tmp_path, monkeypatch, model_dir):
+def test_damaged_parquet(capfd, tmp_path, monkeypatch, model_dir):
     monkeypatch.chdir(tmp_path)
     sets = write_data(tmp_path) + [f"model.path={model_dir}", "model.build_tiny=false"]
     path = tmp_path / "eval.parquet"
     pq.write_table(pa.table({"prompt": ["a"] * 3, "answer": ["1"] * 3}), path)
     path.write_bytes(path.read_bytes()[:-20])  # footer cut off
-    line = run_cli(capsys, tmp_path, sets + [f"data.eval_path={path}"], roots=[model_dir])
+    line = run_cli(capfd, tmp_path, sets + [f"data.eval_path={path}"], roots=[model_dir])
     assert f"eval file {path}: cannot read as parquet" in line, line
 
 
@@ -222,12 +225,12 @@ MODEL_CASES = {
 
 
 @pytest.mark.parametrize("case", list(MODEL_CASES))
-def test_bad_model_folder(capsys, tmp_path, monkeypatch, model_dir, case):
+def test_bad_model_folder(capfd, tmp_path, monkeypatch, model_dir, case):
     monkeypatch.chdir(tmp_path)
     broken = tmp_path / "model"
     _broken_model(model_dir, broken, case)
     sets = write_data(tmp_path) + [f"model.path={broken}", "model.build_tiny=false"]
-    line = run_cli(capsys, tmp_path, sets)
+    line = run_cli(capfd, tmp_path, sets)
     assert MODEL_CASES[case] in line and str(broken) in line, line
 
 
@@ -245,7 +248,7 @@ def _read_only(folder) -> bool:
     return False
 
 
-def test_read_only_output_dir(capsys, tmp_path, monkeypatch, model_dir):
+def test_read_only_output_dir(capfd, tmp_path, monkeypatch, model_dir):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "old-runs"
     out.mkdir()
@@ -258,7 +261,7 @@ def test_read_only_output_dir(capsys, tmp_path, monkeypatch, model_dir):
     if not _read_only(out):
         pytest.skip("cannot make a folder read-only here (root without chattr)")
     try:
-        line = run_cli(capsys, tmp_path, sets, roots=[model_dir])
+        line = run_cli(capfd, tmp_path, sets, roots=[model_dir])
     finally:
         subprocess.run(["chattr", "-i", str(out)], capture_output=True)
         out.chmod(0o755)
@@ -266,7 +269,7 @@ def test_read_only_output_dir(capsys, tmp_path, monkeypatch, model_dir):
     assert "config key 'run.output_dir'" in line and (out / "summary.json").read_text() == "{}"
 
 
-def test_full_disk_output_dir(capsys, tmp_path, monkeypatch, model_dir):
+def test_full_disk_output_dir(capfd, tmp_path, monkeypatch, model_dir):
     """A full disk, simulated: no tmpfs can be mounted here without privileges, so the probe write's fsync
     fails with ENOSPC on purpose (the error path is the same as a real full disk's)."""
     import switchpoint.checks
@@ -283,7 +286,23 @@ def test_full_disk_output_dir(capsys, tmp_path, monkeypatch, model_dir):
         f"run.output_dir={out}",
     ]
     out.mkdir()
-    line = run_cli(capsys, tmp_path, sets, roots=[model_dir])
+    line = run_cli(capfd, tmp_path, sets, roots=[model_dir])
     assert line == f"switchpoint: error: output folder {out} is not writable (No space left on device); " + (
         "config key 'run.output_dir'"
     )
+
+
+def test_console_shows_one_line_only(tmp_path, model_dir):
+    """The installed `switchpoint` command in a fresh process: pytest's own log handlers would hide a library
+    warning that Python prints on stderr (vLLM warns while its registry is imported), so look at the real stream."""
+    broken = tmp_path / "model"
+    _broken_model(model_dir, broken, "unknown architecture")
+    argv = [os.path.join(os.path.dirname(sys.executable), "switchpoint"), "run", MICRO, "--quiet"]
+    for s in write_data(tmp_path) + [f"model.path={broken}", "model.build_tiny=false"]:
+        argv += ["--set", s]
+    r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+    assert r.stderr.splitlines() == [
+        f"switchpoint: error: {broken}/config.json: architecture FooBarForCausalLM is not one vLLM can generate "
+        f"with (vllm.model_executor.models.ModelRegistry); model folder {broken} (config key 'model.path')"
+    ]

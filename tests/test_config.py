@@ -12,6 +12,12 @@ from switchpoint.config import ConfigError, from_dict, load_config, parse_overri
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def test_cross_key_rules_leave_good_settings_alone():
+    cfg = from_dict({"sft": {"max_steps": 0, "eval_every": 20}, "switch": {"policy": "rl_only"}})
+    assert cfg.sft.eval_every == 20  # no SFT at all: eval_every is never used, no conflict
+    assert from_dict({"rl": {"group_size": 2}}).rl.group_size == 2
+
+
 def test_shipped_configs_parse():
     for name in os.listdir(os.path.join(REPO, "configs")):
         if name.endswith(".yaml") and not name.startswith("tune"):
@@ -41,6 +47,17 @@ def test_overrides_are_typed_and_nested():
         ({"sft": {"batch_size": 3}}, "'sft.batch_size'"),
         ({"data": {"source": "files"}}, "'data.sft_train_path'"),
         ({"data": {"prompt_template": "{question}"}}, "'data.prompt_template'"),
+        ({"learner": {"lr": float("inf")}}, "'learner.lr' must be a finite number"),
+        (
+            {"sft": {"max_steps": 10, "eval_every": 20}},
+            "'sft.eval_every' (20) is larger than 'sft.max_steps'",
+        ),
+        ({"rl": {"algorithm": "dr_grpo", "group_size": 1}}, "'rl.group_size' must be >= 2"),
+        ({"verifier": {"timeout_s": 3601}}, "'verifier.timeout_s'"),
+        ({"switch": {"delta": -0.01}}, "'switch.delta'"),
+        ({"rollout": {"gpu_memory_utilization": 1.5}}, "'rollout.gpu_memory_utilization'"),
+        ({"model": {"build_tiny": True}, "data": {"max_len": 200}}, "'data.max_len' (200) is larger"),
+        ({"faults": {"actor_max_restarts": -1}}, "'faults.actor_max_restarts'"),
     ],
 )
 def test_bad_config_names_the_key(raw, needle):
