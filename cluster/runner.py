@@ -8,8 +8,9 @@ import time
 
 import ray
 
+from cluster.resources import check_resources
 from switchpoint.config import Config, to_dict
-from switchpoint.prepare import ensure_model, load_splits, resolve_paths
+from switchpoint.prepare import check_inputs, resolve_paths
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,14 +104,15 @@ def run_pipeline(
         trunk.branch_decision(cfg.switch)  # a missing step or a policy that never branches fails here, named
         from_trunk = trunk.dir
     cfg = resolve_paths(cfg)
-    # Fail on a bad model path or a bad data row here, before any actor starts.
-    ensure_model(cfg)
-    load_splits(cfg)
+    # Fail on a bad model folder, data row or prompt length here, before Ray starts.
+    check_inputs(cfg)
+    init_ray(cfg)
+    # A fixed cluster too small for the config: fail now, before a run folder exists, not wait forever.
+    check_resources(cfg, rl=cfg.switch.policy != "never" or from_trunk is not None)
     if run_dir is None:
         run_dir = new_run_dir(cfg)
     else:
         os.makedirs(run_dir, exist_ok=True)
-    init_ray(cfg)
     name = f"switchpoint-controller-{os.path.basename(run_dir)}"
     controller = (
         ray.remote(Controller)

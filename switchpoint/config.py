@@ -466,6 +466,9 @@ def _validate(cfg: Config) -> Config:
     except (KeyError, IndexError, ValueError) as e:
         raise ConfigError(f"config key 'data.prompt_template' must use only {{prompt}}: {e}") from None
     from plasticity.regimes import make_policy
+    from switchpoint.checks import check_config
+
+    check_config(cfg)  # rules across keys (in switchpoint/checks.py, so this file stays the dataclasses)
 
     try:
         make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
