@@ -7,18 +7,21 @@ order of things; it writes the run folder as it goes.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-import random
+import shutil
 import time
 
 import ray
+from ray.exceptions import RayActorError
 
-from actors.learner import LearnerGroup
+from actors.chaos import FaultInjector
 from actors.placement import Placement
+from actors.recovery import FaultTolerance
 from actors.rl_step import RLStepper
-from actors.rollout import RolloutWorker
 from actors.run_folder import RunFolder
+from actors.run_state import ResumeStates, SFTBatches, hf_checkpoints_to_drop
 from actors.verifier import VerifierPool
 from actors.weight_sync import make_weight_sync
 from plasticity.flops import sft_step_flops
@@ -29,12 +32,18 @@ from switchpoint.prepare import ensure_model, load_splits
 from switchpoint.trunk import Trunk, load_trunk
 
 
-class Controller:
+class Controller(FaultTolerance):
     def __init__(
-        self, cfg_dict: dict, run_dir: str, trunk_dir: str | None = None, placement: Placement | None = None
+        self,
+        cfg_dict: dict,
+        run_dir: str,
+        trunk_dir: str | None = None,
+        placement: Placement | None = None,
+        resume: bool = False,
     ):
         """trunk_dir: branch RL from this trunk's checkpoint (switch.policy names it) instead of training SFT.
-        placement: bundles of a placement group to put the actors on (inside a Tune trial)."""
+        placement: bundles of a placement group to put the actors on (inside a Tune trial).
+        resume: continue the run in run_dir from its latest resume state."""
         self.cfg: Config = from_dict(cfg_dict)
         self.run_dir = run_dir
         self.trunk: Trunk | None = load_trunk(trunk_dir) if trunk_dir else None
@@ -46,13 +55,25 @@ class Controller:
             "rl_steps": self.cfg.rl.steps,
             "started": time.time(),
             "last": {},
+            "events": [],  # one line per fault or resume, for the progress display
         }
         self.stop_requested = False
+        self.resume = resume
+        self.faults: list = []  # this process's faults (the run's all are the `fault` rows in metrics.jsonl)
+        self.engines_loaded = (
+            False  # True once the engines hold trained weights (a new engine then needs them)
+        )
+        self.chaos = FaultInjector(self.cfg.faults.inject)
 
     # ---- what the driver polls -------------------------------------------------------------------------------
     def status(self) -> dict:
         # Copy `last`: the run thread updates it while this thread serialises the reply.
-        return dict(self.state, last=dict(self.state["last"]), elapsed=time.time() - self.state["started"])
+        return dict(
+            self.state,
+            last=dict(self.state["last"]),
+            events=list(self.state["events"]),
+            elapsed=time.time() - self.state["started"],
+        )
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -112,20 +133,11 @@ class Controller:
         self.model_path = model_path
 
     def _start_actors(self) -> None:
-        cfg, place, model_path = self.cfg, self.placement, self.model_path
+        cfg, place = self.cfg, self.placement
         self._phase("starting actors")
-        max_len = int(self.hf_config.get("max_position_embeddings", 2048))
-        worker_cls = ray.remote(num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker)(
-            RolloutWorker
-        )
         # Engines start first (asynchronously) so they come up while the learner group sets up DeepSpeed.
         rl = cfg.switch.policy != "never" or self.trunk is not None  # pure SFT (a trunk) needs no engines
-        self.workers = [
-            worker_cls.options(**place.options("rollout", i)).remote(
-                model_path, cfg.rollout, max_len, cfg.model.dtype, cfg.run.seed + i
-            )
-            for i in range(cfg.rollout.num_workers if rl else 0)
-        ]
+        self.workers = [self._new_worker(i) for i in range(cfg.rollout.num_workers if rl else 0)]
         self.verifier = None
         if rl:
             self.verifier = VerifierPool(
@@ -134,10 +146,9 @@ class Controller:
                 cfg.verifier.timeout_s,
                 cfg.verifier.cpus_per_worker,
                 actor_options=[place.options("verifier", i) for i in range(cfg.verifier.num_workers)],
+                max_restarts=cfg.faults.actor_max_restarts,
             )
-        self.learner = LearnerGroup(
-            model_path, cfg.learner, cfg.model.dtype, cfg.run.seed, pg=place.pg, bundles=place.learner
-        )
+        self.learner = self._new_learner()
         self.worker_info = ray.get([w.ready.remote() for w in self.workers])
         self.pids = self._pids()
 
@@ -152,35 +163,32 @@ class Controller:
     def _run(self, t_start: float) -> dict:
         cfg = self.cfg
         self._setup()
-        setup_seconds = time.time() - t_start
-        t_sft = time.time()
-        summary = self.summary
-        summary.update(switch=None, accuracy={"at_switch": None, "final": None}, sft_val_losses=[])
-        if self.trunk is not None:
-            decision, sft_flops, val_losses = self._from_trunk()
-        else:
-            decision, sft_flops, val_losses = self._sft()
-        summary.update(
+        self.states = ResumeStates(self.run_dir, cfg.checkpoint.keep_last_states)
+        self.summary.update(
             {
                 "data": self.data_info,
-                "setup_seconds": setup_seconds,
-                "sft_seconds": time.time() - t_sft,
-                "sft_val_losses": val_losses,
+                "setup_seconds": time.time() - t_start,
+                "sft_val_losses": [],
                 "switch": None,
                 "accuracy": {"at_switch": None, "final": None},
                 "optimizer_reset_at_switch": cfg.learner.reset_optimizer_at_switch or self.trunk is not None,
             }
         )
-        if decision is not None and not self.stop_requested:
-            summary["switch"] = self._switch(decision, val_losses, time.time() - t_start)
-            acc0 = self._eval(summary["switch"]["step"], sft_flops)
-            summary["accuracy"]["at_switch"] = acc0["accuracy"]
-            summary["eval_at_switch"] = acc0
-            final = self._rl(summary["switch"]["step"], sft_flops, acc0)
-            summary["accuracy"]["final"] = final["accuracy"]
-            summary["eval_final"] = final
-            summary["rl_timing_mean"] = self.stepper.mean_timing()
-            summary["greedy_check_final"] = self._check_sync()
+        self.initial_summary = copy.deepcopy(self.summary)
+        resume = self.states.latest() if self.resume else None
+        if self.resume:
+            self._note_resume(resume)
+        self.last_state = (time.time(), "the start")
+        while True:
+            try:
+                self._train(resume)
+                break
+            except RayActorError as err:
+                # An actor died where no local retry applies: rebuild it, go back to the latest resume state.
+                self._recover(err, *self.last_state)
+                resume = self.states.latest()
+        summary = self.summary
+        summary["faults"] = [r for r in self.folder.rows if r.get("phase") == "fault"]
         summary["actor_pids"] = {"at_start": self.pids, "at_end": self._pids()}
         final_dir = os.path.join(self.run_dir, "checkpoints", "final")
         self.learner.save_hf(final_dir)
@@ -193,17 +201,119 @@ class Controller:
         self._phase("done")
         return summary
 
+    def _train(self, resume: tuple[str, dict] | None) -> None:
+        """SFT (or the trunk's branch point), the switch, RL; from the start or from a resume state."""
+        path, st = resume if resume else (None, None)
+        self._rewind(st["rows"] if st else 0)
+        self.summary = copy.deepcopy(st["summary"] if st else self.initial_summary)
+        if st is not None:
+            self.learner.load_state(self.states.learner_path(path))
+        if st is None or st["phase"] == "sft":
+            self.engines_loaded = False
+            t_sft = time.time() - (st["sft_seconds"] if st else 0.0)
+            if self.trunk is not None:
+                decision, sft_flops, val_losses = self._from_trunk()
+            else:
+                decision, sft_flops, val_losses = self._sft(st)
+            self.summary["sft_seconds"] = time.time() - t_sft
+            if decision is None or self.stop_requested:
+                return
+            switch = self.summary["switch"] = self._switch(
+                decision, val_losses, time.time() - self.state["started"]
+            )
+            self.engines_loaded = True
+            acc0 = self._eval(switch["step"], sft_flops)
+            self.summary["accuracy"]["at_switch"] = acc0["accuracy"]
+            self.summary["eval_at_switch"] = acc0
+            self.i, self.rl_flops, self.last_eval = 0, sft_flops, acc0
+            self._save_state("rl", 0)
+        else:
+            self.i, self.rl_flops, self.last_eval = st["i"], st["rl_flops"], st["last_eval"]
+            self.stepper.set_state(st["stepper"])
+            self.stepper.timings.clear()
+            self.stepper.timings.update({k: list(v) for k, v in st["timings"].items()})
+            step = self.summary["switch"]["step"] + self.i
+            self._on_rollouts("weight sync", lambda: self.sync.sync(self.learner, self.workers, step))
+            self.engines_loaded = True
+            self.state["last"].update(
+                switch_step=self.summary["switch"]["step"],
+                switch_regime=self.summary["switch"]["regime"],
+                switch_val_loss=self.summary["switch"]["val_loss"],
+                accuracy=self.last_eval["accuracy"],
+            )
+        final = self._rl(self.summary["switch"]["step"])
+        self.summary["accuracy"]["final"] = final["accuracy"]
+        self.summary["eval_final"] = final
+        self.summary["rl_timing_mean"] = self.stepper.mean_timing()
+        self.summary["greedy_check_final"] = self._on_rollouts("greedy check", self._check_sync)
+
+    # ---- resume states ---------------------------------------------------------------------------------------
+    def _rewind(self, n_rows: int) -> None:
+        """metrics.jsonl back to the first n_rows (what the state saw); fault and resume rows after them stay."""
+        rows = self.folder.rows
+        keep = rows[:n_rows] + [r for r in rows[n_rows:] if r.get("phase") in ("fault", "resume")]
+        if keep != rows or n_rows == 0:
+            self.folder.replace_rows(keep)
+
+    def _note_resume(self, resume: tuple[str, dict] | None) -> None:
+        """--resume: the run's clock goes on from the state (the time it was down is not counted)."""
+        where = "the start (no resume state was complete)"
+        if resume is not None:
+            where = f"{os.path.basename(resume[0])} ({resume[1]['phase']} step {resume[1]['step']})"
+            self.state["started"] = time.time() - resume[1]["elapsed"]
+        self.state["events"].append(f"resumed from {where}")
+        self.folder.log(
+            {"phase": "resume", "from": where, "step": resume[1]["step"] if resume else 0, "at": time.time()}
+        )
+
+    def _save_state(self, phase: str, step: int) -> None:
+        partial = self.states.begin(phase, step)
+        self.learner.save_state(self.states.learner_path(partial))
+        st = {
+            "phase": phase,
+            "step": step,
+            "rows": len(self.folder.rows),
+            "elapsed": time.time() - self.state["started"],
+            "summary": self.summary,
+        }
+        if phase == "sft":
+            st.update(
+                batches=self.batches.get_state(),
+                sft_flops=self.sft_flops,
+                regimes_seen=self.regimes_seen,
+                sft_seconds=time.time() - self.t_sft,
+            )
+        else:
+            st.update(
+                i=self.i,
+                rl_flops=self.rl_flops,
+                last_eval=self.last_eval,
+                stepper=self.stepper.get_state(),
+                timings=dict(self.stepper.timings),
+            )
+        self.states.commit(partial, json.loads(json.dumps(st, default=float)))
+        self.last_state = (time.time(), f"{phase} step {step}")
+
+    def _prune_checkpoints(self, val_losses: list) -> None:
+        """checkpoint.keep_last_hf: delete SFT checkpoints no policy can still branch from."""
+        cfg = self.cfg
+        for step in hf_checkpoints_to_drop(val_losses, cfg.switch.delta, cfg.checkpoint.keep_last_hf, set()):
+            shutil.rmtree(self.folder.checkpoint_path(step), ignore_errors=True)
+
+    def _inject(self, phase: str, step: int) -> None:
+        """faults.inject: kill the actor due at this step (tests and drills only)."""
+        if any(p[1] == phase and p[2] == step for p in self.chaos.pending):
+            pids = {
+                "learner": self.learner.pids(),
+                "rollout": ray.get([w.pid.remote() for w in self.workers]),
+            }
+            if self.verifier is not None:
+                pids["verifier"] = ray.get([w.pid.remote() for w in self.verifier.workers])
+            self.chaos.at(phase, step, pids)
+
     # ---- SFT -------------------------------------------------------------------------------------------------
-    def _batches(self):
-        rng = random.Random(self.cfg.run.seed)
-        order: list[int] = []
-        while True:
-            if len(order) < self.cfg.sft.batch_size:
-                more = list(range(len(self.sft_train)))
-                rng.shuffle(more)
-                order += more
-            idx, order = order[: self.cfg.sft.batch_size], order[self.cfg.sft.batch_size :]
-            yield [self.sft_train[i] for i in idx]
+    def _batch(self) -> list[dict]:
+        return [self.sft_train[i] for i in self.batches.next_indices()]
 
     @staticmethod
     def _stack(examples: list[dict]) -> dict:
@@ -234,28 +344,36 @@ class Controller:
         self.regimes_seen.append(regime)
         return decision
 
-    def _sft(self):
+    def _sft(self, st: dict | None):
+        """SFT until the policy decides (or the budget ends); st: a resume state to continue from."""
         cfg = self.cfg
         policy = make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
         val_losses: list = self.summary["sft_val_losses"]  # filled in place: a crash keeps the curve
-        flops = 0.0
-        self.regimes_seen: list[str] = []
-        decision = self._validate(0, flops, policy, val_losses)
-        batches = self._batches()
-        step = 0
-        self.summary["sft_stop_reason"] = f"SFT budget sft.max_steps={cfg.sft.max_steps} reached"
+        self.batches = SFTBatches(len(self.sft_train), cfg.sft.batch_size, cfg.run.seed)
+        self.t_sft = time.time() - (st["sft_seconds"] if st else 0.0)
+        if st is None:
+            step, self.sft_flops, self.regimes_seen = 0, 0.0, []
+            decision = self._validate(0, self.sft_flops, policy, val_losses)
+            self.summary["sft_stop_reason"] = f"SFT budget sft.max_steps={cfg.sft.max_steps} reached"
+        else:
+            step, self.sft_flops, self.regimes_seen = st["step"], st["sft_flops"], list(st["regimes_seen"])
+            self.batches.set_state(st["batches"])
+            for s, v in val_losses:  # the policy sees the curve again; it had not decided on it
+                decision = policy.observe(s, v)
+            self.state["last"].update(val_loss=val_losses[-1][1], regime=self.regimes_seen[-1])
         while decision is None and step < cfg.sft.max_steps and not self.stop_requested:
             if severe_for(self.regimes_seen, cfg.sft.stop_after_severe):
                 self.summary["sft_stop_reason"] = (
                     f"Severe overfitting for {cfg.sft.stop_after_severe} validations (sft.stop_after_severe)"
                 )
                 break
-            batch = next(batches)
+            self._inject("sft", step + 1)
+            batch = self._batch()
             global_tokens = sum(sum(e["loss_mask"][1:]) for e in batch)
             out = self.learner.train_step(self._stack(batch), global_tokens)
             step += 1
             mean_len = sum(len(e["input_ids"]) for e in batch) / len(batch)
-            flops += sft_step_flops(self.hf_config, len(batch), mean_len)
+            self.sft_flops += sft_step_flops(self.hf_config, len(batch), mean_len)
             self.state.update(phase="sft", step=step)
             self.state["last"].update(loss=out["loss"])
             row = {
@@ -263,17 +381,20 @@ class Controller:
                 "step": step,
                 "loss": out["loss"],
                 "tokens": int(global_tokens),
-                "flops": flops,
+                "flops": self.sft_flops,
                 "lr": out["lr"],
                 "grad_norm": out["grad_norm"],
                 "seconds": time.time() - self.state["started"],
             }
             self.folder.log(row)
             if step % cfg.sft.eval_every == 0 or step == cfg.sft.max_steps:
-                decision = self._validate(step, flops, policy, val_losses)
+                decision = self._validate(step, self.sft_flops, policy, val_losses)
+                self._prune_checkpoints(val_losses)
+                if decision is None and step < cfg.sft.max_steps:
+                    self._save_state("sft", step)
         if decision is None and cfg.switch.policy != "never" and not self.stop_requested:
             decision = Decision(step, step, self.summary["sft_stop_reason"])
-        return decision, flops, val_losses
+        return decision, self.sft_flops, val_losses
 
     def _from_trunk(self):
         """The branch point on the trunk (step:N, or the policy replayed on the trunk's curve), with the trunk's
@@ -328,7 +449,10 @@ class Controller:
         elif decision.from_step != val_losses[-1][0]:
             self.learner.load_hf(self.folder.checkpoint_path(decision.from_step))
         self.learner.set_objective("rl", self._rl_settings(), reset_optimizer=reset)
-        sync = self.sync.sync(self.learner, self.workers, decision.from_step)
+        sync = self._on_rollouts(
+            "weight sync at the switch",
+            lambda: self.sync.sync(self.learner, self.workers, decision.from_step),
+        )
         losses = [v for s, v in val_losses if s <= decision.from_step]
         seen = [v for s, v in val_losses if s <= decision.step]
         switch = {
@@ -346,7 +470,7 @@ class Controller:
             "sync_seconds": sync["seconds"],
             "at_seconds": at_seconds,
             "weight_sync": self.sync.name,
-            "greedy_check": self._check_sync(),
+            "greedy_check": self._on_rollouts("greedy check", self._check_sync),
             "same_processes": self._pids() == self.pids,
         }
         if self.trunk is not None:
@@ -373,7 +497,8 @@ class Controller:
     def _eval(self, step: int, flops: float, res: dict | None = None) -> dict:
         """Held-out evaluation, logged as a metrics row (res: one already measured on these same weights)."""
         self._phase("held-out eval")
-        res = res or self.stepper.evaluate()
+        res = res or self._on_rollouts("held-out evaluation", self.stepper.evaluate)
+        self._drain_verifier_faults()
         self.folder.log(
             {
                 "phase": "rl",
@@ -386,20 +511,34 @@ class Controller:
         self.state["last"].update(accuracy=res["accuracy"])
         return res
 
-    def _rl(self, switch_step: int, flops: float, last_eval: dict) -> dict:
-        self.rl_flops = flops
-        for i in range(1, self.cfg.rl.steps + 1):
-            if self.stop_requested:
-                break
-            last_eval = self._rl_step(i, switch_step) or last_eval
-        return last_eval
+    def _rl(self, switch_step: int) -> dict:
+        """RL steps from self.i + 1 on; a resume state at every held-out evaluation (or checkpoint.rl_every)."""
+        every = self.cfg.checkpoint.rl_every
+        while self.i < self.cfg.rl.steps and not self.stop_requested:
+            self.i += 1
+            ev = self._rl_step(self.i, switch_step)
+            if ev is not None:
+                self.last_eval = ev
+            if (every and self.i % every == 0) or (not every and ev is not None):
+                self._save_state("rl", self.i)
+        return self.last_eval
 
     def _rl_step(self, i: int, switch_step: int) -> dict | None:
         """RL step i after the switch; returns the held-out evaluation when one is due."""
         cfg = self.cfg
         self.state.update(phase="rl", step=i)
-        row = self.stepper.step(i)
-        sync = self.sync.sync(self.learner, self.workers, switch_step + i)
+        self._inject("rl", i)
+        sampler = self.stepper.get_state()
+        # An engine that dies mid-step is replaced and the step redone from the same prompts; the learner is
+        # only touched at the step's end, after every engine call.
+        row = self._on_rollouts(
+            f"RL step {i}", lambda: self.stepper.step(i), before=lambda: self.stepper.set_state(sampler)
+        )
+        self._drain_verifier_faults()
+        sync = self._on_rollouts(
+            f"weight sync after RL step {i}",
+            lambda: self.sync.sync(self.learner, self.workers, switch_step + i),
+        )
         row["timing"]["weight_sync"] = sync["seconds"]
         self.stepper.record_sync(sync["seconds"])
         self.rl_flops += row.pop("step_flops")

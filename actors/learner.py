@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import socket
 import time
 
@@ -255,21 +256,26 @@ class LearnerRank:
         return sd if self.rank == 0 else None
 
     def save_hf(self, path: str) -> str | None:
-        """Save a Hugging Face checkpoint (model + tokenizer) from rank 0."""
+        """Save a Hugging Face checkpoint (model + tokenizer) from rank 0. Written under a temporary name and
+        renamed, so a kill during the save never leaves a folder that looks complete."""
         import shutil
 
         sd = self._full_state_dict()
         if self.rank != 0:
             return None
-        os.makedirs(path, exist_ok=True)
-        self.engine.module.save_pretrained(path, state_dict=sd, safe_serialization=True)
+        partial = f"{path}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        self.engine.module.save_pretrained(partial, state_dict=sd, safe_serialization=True)
         for name in os.listdir(self.model_path):
             if name.startswith(
                 ("tokenizer", "special_tokens", "generation_config", "vocab", "merges", "chat_template")
             ):
                 src = os.path.join(self.model_path, name)
                 if os.path.isfile(src):
-                    shutil.copy(src, os.path.join(path, name))
+                    shutil.copy(src, os.path.join(partial, name))
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(partial, path)
         return path
 
     def load_hf(self, path: str) -> None:
@@ -295,13 +301,34 @@ class LearnerRank:
             self.optimizer.refresh_fp32_params()
 
     def save_state(self, path: str) -> None:
-        """A DeepSpeed checkpoint (weights and optimizer moments, each rank its part) to resume training from."""
-        self.engine.save_checkpoint(path, tag="state", save_latest=False)
+        """A DeepSpeed checkpoint (weights and optimizer moments, each rank its part) to resume training from,
+        with what DeepSpeed does not hold: the objective, the SFT schedule position and this rank's RNG states."""
+        import torch
 
-    def load_state(self, path: str) -> None:
-        self.engine.load_checkpoint(
+        client = {
+            "objective": self.objective,
+            "rl": self.rl,
+            "sft_step": self.sft_step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+        }
+        self.engine.save_checkpoint(path, tag="state", client_state=client, save_latest=False)
+
+    def load_state(self, path: str) -> dict:
+        """Load save_state(): weights, optimizer moments, objective, schedule position, RNG states."""
+        import torch
+
+        _, client = self.engine.load_checkpoint(
             path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=False
         )
+        client = client or {}
+        if "objective" in client:
+            self.objective, self.rl, self.sft_step = client["objective"], client["rl"], client["sft_step"]
+            self._set_lr(client["lr"])
+            torch.set_rng_state(client["torch_rng"])
+            random.setstate(client["python_rng"])
+        return {k: client[k] for k in ("objective", "sft_step", "lr") if k in client}
 
     def greedy_generate(
         self, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int
@@ -365,8 +392,17 @@ class LearnerGroup:
             for i in range(n)
         ]
         addr, port = ray.get(self.ranks[0].node_address.remote())
-        self.info = ray.get([r.setup.remote(addr, port) for r in self.ranks])
+        self.info = self._gather([r.setup.remote(addr, port) for r in self.ranks])
         self.world_size = n
+
+    def _gather(self, refs: list) -> list:
+        """ray.get over the ranks, failing as soon as one fails: a rank that died leaves the others blocked in
+        a collective (gloo waits for minutes), so waiting for all of them in order would hang."""
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done[0])  # raises the rank's error (RayActorError when it died) right away
+        return ray.get(list(refs))
 
     def shard(self, batch: dict) -> list[dict]:
         """Round-robin split of a batch of per-sequence lists over the ranks. Shorter shards get padding rows
@@ -386,7 +422,7 @@ class LearnerGroup:
         return shards
 
     def train_step(self, batch: dict, global_count: float) -> dict:
-        results = ray.get(
+        results = self._gather(
             [r.train_step.remote(s, global_count) for r, s in zip(self.ranks, self.shard(batch))]
         )
         # Each rank's loss is its share of the global mean times world_size (DeepSpeed averages gradients).
@@ -404,29 +440,31 @@ class LearnerGroup:
         return out
 
     def eval_loss(self, batch: dict) -> float:
-        parts = ray.get([r.eval_loss.remote(s) for r, s in zip(self.ranks, self.shard(batch))])
+        parts = self._gather([r.eval_loss.remote(s) for r, s in zip(self.ranks, self.shard(batch))])
         return sum(p[0] for p in parts) / max(1.0, sum(p[1] for p in parts))
 
     def set_objective(self, objective: str, rl: dict | None = None, reset_optimizer: bool = False) -> None:
-        ray.get([r.set_objective.remote(objective, rl, reset_optimizer) for r in self.ranks])
+        self._gather([r.set_objective.remote(objective, rl, reset_optimizer) for r in self.ranks])
 
     def get_weights_ref(self) -> ray.ObjectRef:
         """Object ref of rank 0's full state dict (all ranks run the call, needed for ZeRO-3 gathers)."""
         refs = [r.get_weights.remote() for r in self.ranks]
-        ray.wait(refs, num_returns=len(refs))
+        self._gather(refs[1:])  # the others return None; rank 0's weights stay in the object store
+        ray.wait(refs[:1])
         return refs[0]
 
     def save_hf(self, path: str) -> str:
-        return ray.get([r.save_hf.remote(path) for r in self.ranks])[0]
+        return self._gather([r.save_hf.remote(path) for r in self.ranks])[0]
 
     def load_hf(self, path: str) -> None:
-        ray.get([r.load_hf.remote(path) for r in self.ranks])
+        self._gather([r.load_hf.remote(path) for r in self.ranks])
 
     def save_state(self, path: str) -> None:
-        ray.get([r.save_state.remote(path) for r in self.ranks])
+        self._gather([r.save_state.remote(path) for r in self.ranks])
 
-    def load_state(self, path: str) -> None:
-        ray.get([r.load_state.remote(path) for r in self.ranks])
+    def load_state(self, path: str) -> dict:
+        """Load save_state() into every rank; returns rank 0's objective, SFT step and learning rate."""
+        return self._gather([r.load_state.remote(path) for r in self.ranks])[0]
 
     def pids(self) -> list[int]:
         return ray.get([r.pid.remote() for r in self.ranks])
@@ -434,10 +472,15 @@ class LearnerGroup:
     def greedy_generate(
         self, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int
     ) -> list[list[int]]:
-        return ray.get([r.greedy_generate.remote(prompt_ids, max_new_tokens, eos_id) for r in self.ranks])[0]
+        return self._gather(
+            [r.greedy_generate.remote(prompt_ids, max_new_tokens, eos_id) for r in self.ranks]
+        )[0]
 
     def shutdown(self) -> None:
         for r in self.ranks:
             ray.kill(r)
         if self.own_pg:
-            remove_placement_group(self.pg)
+            try:
+                remove_placement_group(self.pg)
+            except Exception:
+                pass  # already gone (a rebuilt group's old one, or Ray shutting down)

@@ -23,14 +23,29 @@ def _clean(value):
     return value
 
 
+def _read_rows(path: str) -> list[dict]:
+    """Rows of an existing metrics.jsonl; a last line cut short by a kill is dropped (it is redone)."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
 class RunFolder:
     def __init__(self, path: str, cfg: Config):
         self.path = path
         os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
         with open(os.path.join(path, "config.yaml"), "w") as f:
             f.write(dump_yaml(cfg))
-        self._metrics = open(os.path.join(path, "metrics.jsonl"), "a")
-        self.rows: list[dict] = []
+        metrics = os.path.join(path, "metrics.jsonl")
+        self.rows: list[dict] = _read_rows(metrics)  # a resumed run starts from what is on disk
+        self._metrics = open(metrics, "a")
 
     def log(self, row: dict) -> None:
         row = _clean(row)

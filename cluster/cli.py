@@ -13,8 +13,17 @@ def _cmd_run(args) -> int:
     from cluster.runner import print_summary, run_pipeline
     from switchpoint.config import load_config
 
-    cfg = load_config(args.config, args.set)
-    run_dir, summary = run_pipeline(cfg, quiet=args.quiet, from_trunk=args.from_trunk)
+    if args.resume:
+        if args.config or args.set or args.from_trunk:
+            raise ValueError(
+                "--resume RUN_DIR takes the run's own config.yaml: give no CONFIG, --set or --from-trunk"
+            )
+        run_dir, summary = run_pipeline(None, quiet=args.quiet, resume=args.resume)
+    elif not args.config:
+        raise ValueError("switchpoint run needs a CONFIG (or --resume RUN_DIR)")
+    else:
+        cfg = load_config(args.config, args.set)
+        run_dir, summary = run_pipeline(cfg, quiet=args.quiet, from_trunk=args.from_trunk)
     print_summary(run_dir, summary)
     return 0
 
@@ -23,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchpoint", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="SFT on expert trajectories, switch at the chosen regime, then RL")
-    run.add_argument("config", help="YAML run config (see configs/)")
+    run.add_argument("config", nargs="?", help="YAML run config (see configs/)")
     run.add_argument(
         "--set",
         action="append",
@@ -36,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-trunk",
         metavar="TRUNK_DIR",
         help="skip SFT: start RL from this trunk's checkpoint (switch.policy=step:N names it) with a new optimizer",
+    )
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from its latest complete resume state (SFT or RL), with its own config",
     )
     run.set_defaults(func=_cmd_run)
 

@@ -14,7 +14,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.job")
-    parser.add_argument("--config", required=True, help="YAML run config")
+    parser.add_argument("--config", help="YAML run config")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (its own config)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
@@ -24,8 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     from switchpoint.config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.config, args.set)
-        run_dir, summary = run_pipeline(cfg)
+        if args.resume:
+            if args.config or args.set:
+                raise ValueError(
+                    "--resume RUN_DIR takes the run's own config.yaml: give no --config or --set"
+                )
+            run_dir, summary = run_pipeline(None, resume=args.resume)
+        elif not args.config:
+            raise ValueError("give --config CONFIG (or --resume RUN_DIR)")
+        else:
+            run_dir, summary = run_pipeline(load_config(args.config, args.set))
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"switchpoint: error: {e}", file=sys.stderr)
         return 2

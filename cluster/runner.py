@@ -88,24 +88,63 @@ def _progress_line(s: dict) -> str:
     return "  ".join(parts)
 
 
+LAUNCH_FILE = "launch.json"
+
+
+def resume_target(run_dir: str) -> tuple[Config, str | None]:
+    """The config and trunk of a run folder to resume; ValueError naming the folder when it cannot be."""
+    import json
+
+    from switchpoint.config import load_config
+
+    run_dir = os.path.abspath(run_dir)
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a switchpoint run folder?")
+    summary = os.path.join(run_dir, "summary.json")
+    if os.path.isfile(summary):
+        with open(summary) as f:
+            done = json.load(f)
+        if not done.get("error") and not done.get("stopped_early"):
+            raise ValueError(f"--resume {run_dir}: the run finished already (summary.json has no error)")
+    launch = {}
+    if os.path.isfile(os.path.join(run_dir, LAUNCH_FILE)):
+        with open(os.path.join(run_dir, LAUNCH_FILE)) as f:
+            launch = json.load(f)
+    return load_config(cfg_path), launch.get("from_trunk")
+
+
 def run_pipeline(
-    cfg: Config, quiet: bool = False, run_dir: str | None = None, from_trunk: str | None = None
+    cfg: Config | None,
+    quiet: bool = False,
+    run_dir: str | None = None,
+    from_trunk: str | None = None,
+    resume: str | None = None,
 ) -> tuple[str, dict]:
     """Run one SFT -> switch -> RL pipeline; returns (run folder, summary). from_trunk: skip SFT and branch RL
-    from that trunk's checkpoint (the one switch.policy names, e.g. step:N)."""
+    from that trunk's checkpoint (the one switch.policy names, e.g. step:N). resume: a run folder to continue
+    from its latest resume state (its own config and trunk; cfg is then None)."""
+    import json
+
+    from actors.chaos import parse_injections
     from actors.controller import Controller
 
+    if resume:
+        cfg, from_trunk = resume_target(resume)
+        run_dir = os.path.abspath(resume)
     if from_trunk:
         from cluster.trunk import check_trunk_matches
         from switchpoint.trunk import load_trunk
 
         trunk = load_trunk(from_trunk)
-        check_trunk_matches(trunk, cfg)  # on the config as written, before paths are resolved
+        if not resume:
+            check_trunk_matches(trunk, cfg)  # on the config as written, before paths are resolved
         trunk.branch_decision(cfg.switch)  # a missing step or a policy that never branches fails here, named
         from_trunk = trunk.dir
     cfg = resolve_paths(cfg)
     # Fail on a bad model folder, data row or prompt length here, before Ray starts.
     check_inputs(cfg)
+    parse_injections(cfg.faults.inject)  # a malformed faults.inject item, named
     init_ray(cfg)
     # A fixed cluster too small for the config: fail now, before a run folder exists, not wait forever.
     check_resources(cfg, rl=cfg.switch.policy != "never" or from_trunk is not None)
@@ -113,14 +152,17 @@ def run_pipeline(
         run_dir = new_run_dir(cfg)
     else:
         os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, LAUNCH_FILE), "w") as f:
+        json.dump({"from_trunk": from_trunk}, f)
     name = f"switchpoint-controller-{os.path.basename(run_dir)}"
     controller = (
         ray.remote(Controller)
         .options(name=name, num_cpus=0, max_concurrency=4)
-        .remote(to_dict(cfg), run_dir, from_trunk)
+        .remote(to_dict(cfg), run_dir, from_trunk, None, bool(resume))
     )
     if not quiet:
         print(f"run folder: {run_dir}\ncontroller actor: {name}", flush=True)
+    events_shown = 0
     done_ref = controller.run.remote()
     tty = sys.stdout.isatty()
     last_line, last_print = "", 0.0
@@ -131,13 +173,20 @@ def run_pipeline(
                 break
             if quiet:
                 continue
-            line = _progress_line(ray.get(controller.status.remote()))
+            status = ray.get(controller.status.remote())
+            for event in status["events"][events_shown:]:  # faults and resumes: a line of their own
+                print(("\n" if tty else "") + event, flush=True)
+            events_shown = len(status["events"])
+            line = _progress_line(status)
             if tty:
                 print("\r" + line[:160].ljust(160), end="", flush=True)
             elif line != last_line and time.time() - last_print > 5:
                 print(line, flush=True)
                 last_line, last_print = line, time.time()
         summary = ray.get(done_ref)
+        if not quiet:
+            for event in ray.get(controller.status.remote())["events"][events_shown:]:
+                print(("\n" if tty else "") + event, flush=True)
     except KeyboardInterrupt:
         ray.get(controller.request_stop.remote())
         print("\nstopping after the current step (Ctrl-C again to abort) ...", flush=True)

@@ -281,6 +281,9 @@ class FaultConfig:
     the reason, keeping everything on disk (resume it with --resume)."""
     actor_max_restarts: int = 3
     """Ray's max_restarts for verifier actors (Ray restarts a dead one in place)."""
+    inject: list = field(default_factory=list)
+    """Faults to cause on purpose, for tests and drills: items ROLE@PHASE:STEP (role learner, rollout or
+    verifier; phase sft or rl), e.g. `learner@sft:15` SIGKILLs learner rank 1's process during SFT step 15."""
 
 
 @dataclass

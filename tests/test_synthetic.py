@@ -159,7 +159,8 @@ def test_write_splits_refuses_bad_counts(tmp_path):
     "text, expected",
     [
         (" 7+5=12. 12-3=9. 9+9=18. Answer: 18", "18"),
-        ("Answer: 3. oops, Answer: 4", "4"),
+        ("Answer: 3. oops, Answer: 4", None),  # two different final answers: none counts
+        ("Answer: 4. so, Answer: 4", "4"),  # the same answer twice is fine
         ("Answer:   -3 more words", "-3"),
         ("Answer: 18</s><pad>", "18"),
         ("Answer: 18.", "18"),
