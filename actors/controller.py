@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import time
 
 import ray
@@ -19,20 +18,21 @@ from ray.exceptions import RayActorError
 from actors.chaos import FaultInjector
 from actors.placement import Placement
 from actors.recovery import FaultTolerance
+from actors.resumable import Resumable
 from actors.rl_step import RLStepper
 from actors.run_folder import RunFolder
-from actors.run_state import ResumeStates, SFTBatches, hf_checkpoints_to_drop
-from actors.verifier import VerifierPool
+from actors.run_state import ResumeStates
+from actors.sft_phase import SFTPhase
+from actors.verifier_pool import VerifierPool
 from actors.weight_sync import make_weight_sync
-from plasticity.flops import sft_step_flops
-from plasticity.regimes import Decision, label_regimes, make_policy, online_regime, severe_for
+from plasticity.regimes import label_regimes
 from switchpoint.config import Config, from_dict
 from switchpoint.data import tokenize_sft_with_stats
 from switchpoint.prepare import ensure_model, load_splits
 from switchpoint.trunk import Trunk, load_trunk
 
 
-class Controller(FaultTolerance):
+class Controller(SFTPhase, Resumable, FaultTolerance):
     def __init__(
         self,
         cfg_dict: dict,
@@ -246,167 +246,6 @@ class Controller(FaultTolerance):
         self.summary["eval_final"] = final
         self.summary["rl_timing_mean"] = self.stepper.mean_timing()
         self.summary["greedy_check_final"] = self._on_rollouts("greedy check", self._check_sync)
-
-    # ---- resume states ---------------------------------------------------------------------------------------
-    def _rewind(self, n_rows: int) -> None:
-        """metrics.jsonl back to the first n_rows (what the state saw); fault and resume rows after them stay."""
-        rows = self.folder.rows
-        keep = rows[:n_rows] + [r for r in rows[n_rows:] if r.get("phase") in ("fault", "resume")]
-        if keep != rows or n_rows == 0:
-            self.folder.replace_rows(keep)
-
-    def _note_resume(self, resume: tuple[str, dict] | None) -> None:
-        """--resume: the run's clock goes on from the state (the time it was down is not counted)."""
-        where = "the start (no resume state was complete)"
-        if resume is not None:
-            where = f"{os.path.basename(resume[0])} ({resume[1]['phase']} step {resume[1]['step']})"
-            self.state["started"] = time.time() - resume[1]["elapsed"]
-        self.state["events"].append(f"resumed from {where}")
-        self.folder.log(
-            {"phase": "resume", "from": where, "step": resume[1]["step"] if resume else 0, "at": time.time()}
-        )
-
-    def _save_state(self, phase: str, step: int) -> None:
-        partial = self.states.begin(phase, step)
-        self.learner.save_state(self.states.learner_path(partial))
-        st = {
-            "phase": phase,
-            "step": step,
-            "rows": len(self.folder.rows),
-            "elapsed": time.time() - self.state["started"],
-            "summary": self.summary,
-        }
-        if phase == "sft":
-            st.update(
-                batches=self.batches.get_state(),
-                sft_flops=self.sft_flops,
-                regimes_seen=self.regimes_seen,
-                sft_seconds=time.time() - self.t_sft,
-            )
-        else:
-            st.update(
-                i=self.i,
-                rl_flops=self.rl_flops,
-                last_eval=self.last_eval,
-                stepper=self.stepper.get_state(),
-                timings=dict(self.stepper.timings),
-            )
-        self.states.commit(partial, json.loads(json.dumps(st, default=float)))
-        self.last_state = (time.time(), f"{phase} step {step}")
-
-    def _prune_checkpoints(self, val_losses: list) -> None:
-        """checkpoint.keep_last_hf: delete SFT checkpoints no policy can still branch from."""
-        cfg = self.cfg
-        for step in hf_checkpoints_to_drop(val_losses, cfg.switch.delta, cfg.checkpoint.keep_last_hf, set()):
-            shutil.rmtree(self.folder.checkpoint_path(step), ignore_errors=True)
-
-    def _inject(self, phase: str, step: int) -> None:
-        """faults.inject: kill the actor due at this step (tests and drills only)."""
-        if any(p[1] == phase and p[2] == step for p in self.chaos.pending):
-            pids = {
-                "learner": self.learner.pids(),
-                "rollout": ray.get([w.pid.remote() for w in self.workers]),
-            }
-            if self.verifier is not None:
-                pids["verifier"] = ray.get([w.pid.remote() for w in self.verifier.workers])
-            self.chaos.at(phase, step, pids)
-
-    # ---- SFT -------------------------------------------------------------------------------------------------
-    def _batch(self) -> list[dict]:
-        return [self.sft_train[i] for i in self.batches.next_indices()]
-
-    @staticmethod
-    def _stack(examples: list[dict]) -> dict:
-        return {
-            "input_ids": [e["input_ids"] for e in examples],
-            "loss_mask": [e["loss_mask"] for e in examples],
-        }
-
-    def _validate(self, step: int, flops: float, policy, val_losses: list) -> object:
-        self._phase("sft: validation")
-        val = self.learner.eval_loss(self._stack(self.sft_val))
-        val_losses.append([step, val])
-        regime = online_regime([v for _, v in val_losses], self.cfg.switch.delta, self.cfg.switch.delta2)
-        self.learner.save_hf(self.folder.checkpoint_path(step))
-        decision = policy.observe(step, val)
-        self.folder.log(
-            {
-                "phase": "sft",
-                "step": step,
-                "val_loss": val,
-                "regime": regime,
-                "flops": flops,
-                "seconds": time.time() - self.state["started"],
-                "checkpoint": os.path.relpath(self.folder.checkpoint_path(step), self.run_dir),
-            }
-        )
-        self.state["last"].update(val_loss=val, regime=regime)
-        self.regimes_seen.append(regime)
-        return decision
-
-    def _sft(self, st: dict | None):
-        """SFT until the policy decides (or the budget ends); st: a resume state to continue from."""
-        cfg = self.cfg
-        policy = make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
-        val_losses: list = self.summary["sft_val_losses"]  # filled in place: a crash keeps the curve
-        self.batches = SFTBatches(len(self.sft_train), cfg.sft.batch_size, cfg.run.seed)
-        self.t_sft = time.time() - (st["sft_seconds"] if st else 0.0)
-        if st is None:
-            step, self.sft_flops, self.regimes_seen = 0, 0.0, []
-            decision = self._validate(0, self.sft_flops, policy, val_losses)
-            self.summary["sft_stop_reason"] = f"SFT budget sft.max_steps={cfg.sft.max_steps} reached"
-        else:
-            step, self.sft_flops, self.regimes_seen = st["step"], st["sft_flops"], list(st["regimes_seen"])
-            self.batches.set_state(st["batches"])
-            for s, v in val_losses:  # the policy sees the curve again; it had not decided on it
-                decision = policy.observe(s, v)
-            self.state["last"].update(val_loss=val_losses[-1][1], regime=self.regimes_seen[-1])
-        while decision is None and step < cfg.sft.max_steps and not self.stop_requested:
-            if severe_for(self.regimes_seen, cfg.sft.stop_after_severe):
-                self.summary["sft_stop_reason"] = (
-                    f"Severe overfitting for {cfg.sft.stop_after_severe} validations (sft.stop_after_severe)"
-                )
-                break
-            self._inject("sft", step + 1)
-            batch = self._batch()
-            global_tokens = sum(sum(e["loss_mask"][1:]) for e in batch)
-            out = self.learner.train_step(self._stack(batch), global_tokens)
-            step += 1
-            mean_len = sum(len(e["input_ids"]) for e in batch) / len(batch)
-            self.sft_flops += sft_step_flops(self.hf_config, len(batch), mean_len)
-            self.state.update(phase="sft", step=step)
-            self.state["last"].update(loss=out["loss"])
-            row = {
-                "phase": "sft",
-                "step": step,
-                "loss": out["loss"],
-                "tokens": int(global_tokens),
-                "flops": self.sft_flops,
-                "lr": out["lr"],
-                "grad_norm": out["grad_norm"],
-                "seconds": time.time() - self.state["started"],
-            }
-            self.folder.log(row)
-            if step % cfg.sft.eval_every == 0 or step == cfg.sft.max_steps:
-                decision = self._validate(step, self.sft_flops, policy, val_losses)
-                self._prune_checkpoints(val_losses)
-                if decision is None and step < cfg.sft.max_steps:
-                    self._save_state("sft", step)
-        if decision is None and cfg.switch.policy != "never" and not self.stop_requested:
-            decision = Decision(step, step, self.summary["sft_stop_reason"])
-        return decision, self.sft_flops, val_losses
-
-    def _from_trunk(self):
-        """The branch point on the trunk (step:N, or the policy replayed on the trunk's curve), with the trunk's
-        SFT rows up to it copied into this run's metrics, so the run folder reads like one that trained SFT."""
-        decision = self.trunk.branch_decision(self.cfg.switch)
-        for row in self.trunk.sft_rows(decision.step):
-            self.folder.log(row)
-        val_losses = self.summary["sft_val_losses"]
-        val_losses[:] = self.trunk.losses_up_to(decision.step)
-        at = self.trunk.checkpoint(decision.from_step)
-        self.summary["trunk"] = {"dir": self.trunk.dir, "key": self.trunk.key, "branch_step": at.step}
-        return decision, at.flops, val_losses
 
     def _pids(self) -> dict:
         return {"learner": self.learner.pids(), "rollout": ray.get([w.pid.remote() for w in self.workers])}

@@ -18,7 +18,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.fault_events import FaultEvent, fault_event
-from actors.learner import LearnerGroup
+from actors.learner_group import LearnerGroup
 from actors.rollout import RolloutWorker
 
 PROBE_TIMEOUT_S = 10.0
@@ -142,6 +142,17 @@ class FaultTolerance:
                         time.time() - since,
                     )
                 )
+
+    def _inject(self, phase: str, step: int) -> None:
+        """faults.inject: kill the actor due at this step (tests and drills only)."""
+        if any(p[1] == phase and p[2] == step for p in self.chaos.pending):
+            pids = {
+                "learner": self.learner.pids(),
+                "rollout": ray.get([w.pid.remote() for w in self.workers]),
+            }
+            if self.verifier is not None:
+                pids["verifier"] = ray.get([w.pid.remote() for w in self.verifier.workers])
+            self.chaos.at(phase, step, pids)
 
     def _drain_verifier_faults(self) -> None:
         if self.verifier is not None:

@@ -7,7 +7,7 @@ import pytest
 import ray
 import torch
 
-from actors.learner import LearnerGroup
+from actors.learner_group import LearnerGroup
 from actors.rollout import RolloutWorker
 from actors.weight_sync import DiskSync, ObjectStoreSync
 from switchpoint.config import LearnerConfig, RolloutConfig

@@ -17,13 +17,13 @@ from actors.verifier import (
     OK,
     STATUSES,
     TIMEOUT,
-    VerifierPool,
     VerifierWorker,
     VerifierWorkerActor,
     VerifyResult,
     extract_final_answer,
     verify_exact,
 )
+from actors.verifier_pool import VerifierPool
 from switchpoint.synthetic import check_answer, extract_answer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

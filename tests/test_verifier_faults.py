@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import ray
 
-from actors.verifier import CRASH, OK, VerifierPool
+from actors.verifier import CRASH, OK
+from actors.verifier_pool import VerifierPool
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 8

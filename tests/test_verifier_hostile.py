@@ -15,7 +15,8 @@ from collections import Counter
 import pytest
 import ray
 
-from actors.verifier import NO_ANSWER, OK, VerifierPool
+from actors.verifier import NO_ANSWER, OK
+from actors.verifier_pool import VerifierPool
 from switchpoint.answers import find_final_answer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,119 @@
+"""The controller's SFT phase: batches, the training loop with validations and the switch policy, or the
+branch point of a trunk instead of training.
+
+A resume state is written after each validation that does not end SFT; `_sft(state)` continues from one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from actors.run_state import SFTBatches, hf_checkpoints_to_drop
+from plasticity.flops import sft_step_flops
+from plasticity.regimes import Decision, make_policy, online_regime, severe_for
+
+
+class SFTPhase:
+    def _batch(self) -> list[dict]:
+        return [self.sft_train[i] for i in self.batches.next_indices()]
+
+    @staticmethod
+    def _stack(examples: list[dict]) -> dict:
+        return {
+            "input_ids": [e["input_ids"] for e in examples],
+            "loss_mask": [e["loss_mask"] for e in examples],
+        }
+
+    def _validate(self, step: int, flops: float, policy, val_losses: list) -> object:
+        self._phase("sft: validation")
+        val = self.learner.eval_loss(self._stack(self.sft_val))
+        val_losses.append([step, val])
+        regime = online_regime([v for _, v in val_losses], self.cfg.switch.delta, self.cfg.switch.delta2)
+        self.learner.save_hf(self.folder.checkpoint_path(step))
+        decision = policy.observe(step, val)
+        self.folder.log(
+            {
+                "phase": "sft",
+                "step": step,
+                "val_loss": val,
+                "regime": regime,
+                "flops": flops,
+                "seconds": time.time() - self.state["started"],
+                "checkpoint": os.path.relpath(self.folder.checkpoint_path(step), self.run_dir),
+            }
+        )
+        self.state["last"].update(val_loss=val, regime=regime)
+        self.regimes_seen.append(regime)
+        return decision
+
+    def _sft(self, st: dict | None):
+        """SFT until the policy decides (or the budget ends); st: a resume state to continue from."""
+        cfg = self.cfg
+        policy = make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
+        val_losses: list = self.summary["sft_val_losses"]  # filled in place: a crash keeps the curve
+        self.batches = SFTBatches(len(self.sft_train), cfg.sft.batch_size, cfg.run.seed)
+        self.t_sft = time.time() - (st["sft_seconds"] if st else 0.0)
+        if st is None:
+            step, self.sft_flops, self.regimes_seen = 0, 0.0, []
+            decision = self._validate(0, self.sft_flops, policy, val_losses)
+            self.summary["sft_stop_reason"] = f"SFT budget sft.max_steps={cfg.sft.max_steps} reached"
+        else:
+            step, self.sft_flops, self.regimes_seen = st["step"], st["sft_flops"], list(st["regimes_seen"])
+            self.batches.set_state(st["batches"])
+            for s, v in val_losses:  # the policy sees the curve again; it had not decided on it
+                decision = policy.observe(s, v)
+            self.state["last"].update(val_loss=val_losses[-1][1], regime=self.regimes_seen[-1])
+        while decision is None and step < cfg.sft.max_steps and not self.stop_requested:
+            if severe_for(self.regimes_seen, cfg.sft.stop_after_severe):
+                self.summary["sft_stop_reason"] = (
+                    f"Severe overfitting for {cfg.sft.stop_after_severe} validations (sft.stop_after_severe)"
+                )
+                break
+            self._inject("sft", step + 1)
+            batch = self._batch()
+            global_tokens = sum(sum(e["loss_mask"][1:]) for e in batch)
+            out = self.learner.train_step(self._stack(batch), global_tokens)
+            step += 1
+            mean_len = sum(len(e["input_ids"]) for e in batch) / len(batch)
+            self.sft_flops += sft_step_flops(self.hf_config, len(batch), mean_len)
+            self.state.update(phase="sft", step=step)
+            self.state["last"].update(loss=out["loss"])
+            row = {
+                "phase": "sft",
+                "step": step,
+                "loss": out["loss"],
+                "tokens": int(global_tokens),
+                "flops": self.sft_flops,
+                "lr": out["lr"],
+                "grad_norm": out["grad_norm"],
+                "seconds": time.time() - self.state["started"],
+            }
+            self.folder.log(row)
+            if step % cfg.sft.eval_every == 0 or step == cfg.sft.max_steps:
+                decision = self._validate(step, self.sft_flops, policy, val_losses)
+                self._prune_checkpoints(val_losses)
+                if decision is None and step < cfg.sft.max_steps:
+                    self._save_state("sft", step)
+        if decision is None and cfg.switch.policy != "never" and not self.stop_requested:
+            decision = Decision(step, step, self.summary["sft_stop_reason"])
+        return decision, self.sft_flops, val_losses
+
+    def _from_trunk(self):
+        """The branch point on the trunk (step:N, or the policy replayed on the trunk's curve), with the trunk's
+        SFT rows up to it copied into this run's metrics, so the run folder reads like one that trained SFT."""
+        decision = self.trunk.branch_decision(self.cfg.switch)
+        for row in self.trunk.sft_rows(decision.step):
+            self.folder.log(row)
+        val_losses = self.summary["sft_val_losses"]
+        val_losses[:] = self.trunk.losses_up_to(decision.step)
+        at = self.trunk.checkpoint(decision.from_step)
+        self.summary["trunk"] = {"dir": self.trunk.dir, "key": self.trunk.key, "branch_step": at.step}
+        return decision, at.flops, val_losses
+
+    def _prune_checkpoints(self, val_losses: list) -> None:
+        """checkpoint.keep_last_hf: delete SFT checkpoints no policy can still branch from."""
+        cfg = self.cfg
+        for step in hf_checkpoints_to_drop(val_losses, cfg.switch.delta, cfg.checkpoint.keep_last_hf, set()):
+            shutil.rmtree(self.folder.checkpoint_path(step), ignore_errors=True)

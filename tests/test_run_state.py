@@ -1,0 +1,107 @@
+"""Resume states on disk (atomic, pruned), the SFT batch order's saved position, SFT checkpoint retention, and
+the run folder reading back a metrics file cut short by a kill."""
+
+import json
+import os
+import random
+
+import pytest
+
+from actors.run_folder import RunFolder
+from actors.run_state import PARTIAL, ResumeStates, SFTBatches, hf_checkpoints_to_drop
+from switchpoint.config import Config
+
+
+def _save(states: ResumeStates, phase: str, step: int) -> str:
+    partial = states.begin(phase, step)
+    os.makedirs(states.learner_path(partial))
+    with open(os.path.join(states.learner_path(partial), "weights"), "w") as f:
+        f.write(str(step))
+    return states.commit(partial, {"phase": phase, "step": step})
+
+
+def test_latest_is_the_newest_complete_state_and_old_ones_are_pruned(tmp_path):
+    states = ResumeStates(str(tmp_path), keep_last=2)
+    assert states.latest() is None
+    for step in (10, 20, 30):
+        _save(states, "sft", step)
+    _save(states, "rl", 0)
+    path, state = states.latest()
+    assert state == {"phase": "rl", "step": 0} and path.endswith("00004-rl-000000")
+    assert sorted(os.listdir(tmp_path / "resume")) == ["00003-sft-000030", "00004-rl-000000"]
+
+
+def test_a_save_killed_half_way_is_never_picked_and_is_cleaned_up(tmp_path):
+    states = ResumeStates(str(tmp_path), keep_last=2)
+    _save(states, "sft", 10)
+    # A kill after the learner wrote its part but before state.json: only the partial folder exists.
+    partial = states.begin("sft", 20)
+    os.makedirs(states.learner_path(partial))
+    assert states.latest()[1]["step"] == 10
+    # A kill while state.json was being written: the .tmp file is there, the folder still partial.
+    with open(os.path.join(partial, "state.json.tmp"), "w") as f:
+        f.write('{"phase": "sf')
+    assert states.latest()[1]["step"] == 10
+    # The next complete save removes what the kill left and numbers on from the last complete state.
+    final = _save(states, "sft", 30)
+    assert os.path.basename(final) == "00002-sft-000030"
+    assert not [n for n in os.listdir(tmp_path / "resume") if n.startswith(PARTIAL)]
+
+
+def test_sft_batches_resume_mid_epoch_exactly(tmp_path):
+    whole = SFTBatches(10, 4, seed=3)
+    expected = [whole.next_indices() for _ in range(9)]
+    first = SFTBatches(10, 4, seed=3)
+    for _ in range(4):
+        first.next_indices()
+    saved = json.loads(json.dumps(first.get_state()))  # through JSON, as in state.json
+    resumed = SFTBatches(10, 4, seed=3)
+    resumed.set_state(saved)
+    assert [resumed.next_indices() for _ in range(5)] == expected[4:]
+
+
+def test_sft_batches_keep_the_order_of_earlier_runs():
+    # The order runs had before batches became resumable: epochs of shuffles from Random(seed), cut in order.
+    rng, order, old = random.Random(0), [], []
+    for _ in range(7):
+        if len(order) < 6:
+            more = list(range(16))
+            rng.shuffle(more)
+            order += more
+        old.append(order[:6])
+        order = order[6:]
+    batches = SFTBatches(16, 6, seed=0)
+    assert [batches.next_indices() for _ in range(7)] == old
+
+
+@pytest.mark.parametrize(
+    "losses, keep_last, dropped",
+    [
+        # keep_last 0 keeps everything
+        ([1.0, 0.5, 0.4, 0.45, 0.5], 0, []),
+        # newest 2 kept (30, 40), the minimum (20) kept, the rest dropped
+        ([1.0, 0.6, 0.40, 0.5, 0.6, 0.7], 2, [0, 10, 30]),
+        # the latest checkpoint inside the Stable band of the minimum (30: 0.405 <= 1.02 * 0.40) is a
+        # rollback target of the stable policy: kept
+        ([1.0, 0.6, 0.40, 0.405, 0.5, 0.6, 0.7], 2, [0, 10, 40]),
+    ],
+)
+def test_checkpoint_retention_keeps_branch_points(losses, keep_last, dropped):
+    val_losses = [[10 * i, x] for i, x in enumerate(losses)]
+    assert hf_checkpoints_to_drop(val_losses, 0.02, keep_last, set()) == dropped
+
+
+def test_run_folder_reads_back_rows_and_drops_a_line_cut_by_a_kill(tmp_path):
+    folder = RunFolder(str(tmp_path), Config())
+    folder.log({"phase": "sft", "step": 1, "loss": 2.0})
+    folder.log({"phase": "sft", "step": 2, "loss": 1.5})
+    folder.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"phase": "sft", "step": 3, "lo')  # the write a SIGKILL interrupted
+    again = RunFolder(str(tmp_path), Config())
+    assert [r["step"] for r in again.rows] == [1, 2]
+    again.replace_rows(again.rows[:1])
+    again.log({"phase": "sft", "step": 2, "loss": 1.4})
+    again.close()
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(r["step"], r["loss"]) for r in lines] == [(1, 2.0), (2, 1.4)]
