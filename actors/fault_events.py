@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import TypedDict
 
 
+class FaultLimitError(RuntimeError):
+    """More actor faults than faults.max_faults: the run stops with this reason (everything done stays on disk)."""
+
+
 class FaultEvent(TypedDict):
     role: str
     """verifier | rollout | learner."""

@@ -17,15 +17,11 @@ import time
 import ray
 from ray.exceptions import RayActorError
 
-from actors.fault_events import FaultEvent, fault_event
+from actors.fault_events import FaultEvent, FaultLimitError, fault_event
 from actors.learner_group import LearnerGroup
 from actors.rollout import RolloutWorker
 
 PROBE_TIMEOUT_S = 10.0
-
-
-class FaultLimitError(RuntimeError):
-    """More actor faults than faults.max_faults."""
 
 
 def dead_actors(actors: list, timeout_s: float = PROBE_TIMEOUT_S, first_only: bool = False) -> list[int]:
@@ -123,6 +119,13 @@ class FaultTolerance:
         dead_workers = dead_actors(self.workers)
         if not dead_ranks and not dead_workers:
             raise err  # not a death we can repair
+        if len(self.faults) + len(dead_ranks) + len(dead_workers) > self.cfg.faults.max_faults:
+            # Over the limit: say so now rather than rebuild what will not be used.
+            for role, dead in (("learner", dead_ranks), ("rollout", dead_workers)):
+                for i in dead:
+                    self._record_fault(
+                        fault_event(role, i, err, "none (limit)", "nothing", time.time() - since)
+                    )
         if dead_workers:
             self._replace_workers(dead_workers)
             for i in dead_workers:

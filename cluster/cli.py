@@ -70,11 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from actors.fault_events import FaultLimitError
     from switchpoint.config import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except FaultLimitError as e:
+        print(f"switchpoint: stopped: {e}", file=sys.stderr)
+        return 3
     except (ConfigError, ValueError, FileNotFoundError) as e:
         # Bad input: one line naming the key, path or row. Anything else keeps its traceback.
         print(f"switchpoint: error: {e}", file=sys.stderr)

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from actors.fault_events import FaultLimitError
     from cluster.runner import print_summary, run_pipeline
     from switchpoint.config import ConfigError, load_config
 
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("give --config CONFIG (or --resume RUN_DIR)")
         else:
             run_dir, summary = run_pipeline(load_config(args.config, args.set))
+    except FaultLimitError as e:
+        print(f"switchpoint: stopped: {e}", file=sys.stderr)
+        return 3
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"switchpoint: error: {e}", file=sys.stderr)
         return 2

@@ -128,6 +128,7 @@ def run_pipeline(
 
     from actors.chaos import parse_injections
     from actors.controller import Controller
+    from actors.fault_events import FaultLimitError
 
     if resume:
         cfg, from_trunk = resume_target(resume)
@@ -183,10 +184,16 @@ def run_pipeline(
             elif line != last_line and time.time() - last_print > 5:
                 print(line, flush=True)
                 last_line, last_print = line, time.time()
-        summary = ray.get(done_ref)
-        if not quiet:
-            for event in ray.get(controller.status.remote())["events"][events_shown:]:
-                print(("\n" if tty else "") + event, flush=True)
+        try:
+            summary = ray.get(done_ref)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, FaultLimitError):
+                raise e.cause from None  # a reason for people, not a traceback from inside an actor
+            raise
+        finally:
+            if not quiet:
+                for event in ray.get(controller.status.remote())["events"][events_shown:]:
+                    print(("\n" if tty else "") + event, flush=True)
     except KeyboardInterrupt:
         ray.get(controller.request_stop.remote())
         print("\nstopping after the current step (Ctrl-C again to abort) ...", flush=True)

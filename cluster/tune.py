@@ -82,6 +82,7 @@ def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None
     """Run (or resume) a sweep; returns (experiment folder, results report)."""
     from ray import tune
 
+    from cluster.resources import check_resources
     from cluster.runner import init_ray
     from cluster.sweep_results import write_results
     from cluster.trunk import ensure_trunk
@@ -114,6 +115,7 @@ def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None
     t = cfg.tune
     n_iters = -(-cfg.rl.steps // cfg.rl.eval_every)
     init_ray(cfg, need_cpus=_cpus_needed(cfg))
+    check_resources(cfg, rl=True)  # one trial's whole stack must fit, or the sweep would wait forever
     if not quiet:
         print(f"experiment folder: {exp_dir}\nbranch points: {sweep['branch_steps']}", flush=True)
     t_sweep = time.time()

@@ -206,3 +206,40 @@ def test_injected_actor_faults_are_survived_and_cost_only_the_work_in_flight(mic
     assert summary["greedy_check_final"]["equal"] is True
     for f in fault_rows:  # each fault is announced on its own line
         assert f"{f['role']} {f['worker']} died" in r.stdout
+
+
+def test_more_faults_than_allowed_stop_the_run_with_the_reason_and_keep_its_work(tmp_path):
+    out = tmp_path / "runs"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "run",
+            "configs/micro.yaml",
+            "--quiet",
+            "--set",
+            f"run.output_dir={out}",
+            "--set",
+            "switch.policy=never",  # SFT only: no engines to start, the fault comes sooner
+            "--set",
+            "faults.max_faults=0",
+            "--set",
+            "faults.inject=[learner@sft:12]",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-3000:]
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("switchpoint: stopped:")]
+    assert "faults.max_faults=0" in line and "learner 1 died" in line and "--resume" in line
+    assert "Traceback" not in r.stderr
+    (run_dir,) = [str(out / d) for d in os.listdir(out)]
+    rows, summary = read_run(run_dir)
+    assert "FaultLimitError" in summary["error"]
+    assert [r["role"] for r in rows if r["phase"] == "fault"] == ["learner"]
+    assert any(r["phase"] == "sft" and r.get("val_loss") is not None and r["step"] == 10 for r in rows)
+    assert any(name.endswith("sft-000010") for name in os.listdir(os.path.join(run_dir, "resume")))

@@ -105,3 +105,37 @@ def test_run_folder_reads_back_rows_and_drops_a_line_cut_by_a_kill(tmp_path):
     again.close()
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [(r["step"], r["loss"]) for r in lines] == [(1, 2.0), (2, 1.4)]
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    from cluster.cli import main
+
+    rc = main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_resume_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    rc, err = _cli(["run", "--resume", str(tmp_path)], capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert "no config.yaml" in err and str(tmp_path) in err
+
+
+def test_resume_of_a_finished_run_is_refused(tmp_path, capsys):
+    from switchpoint.config import dump_yaml
+
+    (tmp_path / "config.yaml").write_text(dump_yaml(Config()))
+    (tmp_path / "summary.json").write_text(json.dumps({"accuracy": {"final": 0.8}, "stopped_early": False}))
+    before = sorted(os.listdir(tmp_path))
+    rc, err = _cli(["run", "--resume", str(tmp_path)], capsys)
+    assert rc == 2 and "finished already" in err
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_resume_takes_no_other_config(tmp_path, capsys):
+    rc, err = _cli(["run", "configs/micro.yaml", "--resume", str(tmp_path)], capsys)
+    assert rc == 2 and "own config.yaml" in err
+
+
+def test_a_malformed_fault_injection_is_named(capsys):
+    rc, err = _cli(["run", "configs/micro.yaml", "--set", "faults.inject=[learner@train:3]"], capsys)
+    assert rc == 2 and "faults.inject" in err and "learner@train:3" in err
