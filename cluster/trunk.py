@@ -46,18 +46,28 @@ def ensure_trunk(cfg: Config, quiet: bool = False) -> tuple[Trunk, bool]:
         if not quiet:
             print(f"trunk: reusing {path} ({len(trunk.checkpoints)} checkpoints)", flush=True)
         return trunk, False
-    if os.path.isdir(path) and os.listdir(path):
-        aside = f"{path}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.rename(path, aside)
-        if not quiet:
-            print(f"trunk: {path} has no {TRUNK_FILE} (interrupted); moved to {aside}", flush=True)
+    from actors.run_state import ResumeStates
     from cluster.runner import run_pipeline
 
     key, settings = trunk_key(cfg), sft_settings(cfg)
     tcfg = trunk_config(copy.deepcopy(cfg))
-    if not quiet:
-        print(f"trunk: training SFT to step {cfg.sft.max_steps} into {path}", flush=True)
-    run_dir, _ = run_pipeline(tcfg, quiet=quiet, run_dir=path)
+    resumable = os.path.isfile(os.path.join(path, "config.yaml")) and ResumeStates(path).latest() is not None
+    if resumable:
+        # An interrupted trunk: SFT goes on from its last resume state instead of starting over.
+        if not quiet:
+            print(f"trunk: {path} was interrupted; resuming its SFT", flush=True)
+        run_dir, _ = run_pipeline(None, quiet=quiet, resume=path)
+    else:
+        if os.path.isdir(path) and os.listdir(path):
+            aside = f"{path}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.rename(path, aside)
+            if not quiet:
+                print(
+                    f"trunk: {path} has no {TRUNK_FILE} and nothing to resume; moved to {aside}", flush=True
+                )
+        if not quiet:
+            print(f"trunk: training SFT to step {cfg.sft.max_steps} into {path}", flush=True)
+        run_dir, _ = run_pipeline(tcfg, quiet=quiet, run_dir=path)
     trunk = build_trunk(run_dir, tcfg, key, settings)
     write_trunk(trunk)
     return load_trunk(run_dir), True

@@ -56,9 +56,11 @@ def default_trunk_dir(cfg: Config) -> str:
 
 
 def trunk_config(cfg: Config) -> Config:
-    """The config a trunk is trained with: the same SFT, policy `never` (no RL)."""
+    """The config a trunk is trained with: the same SFT, policy `never` (no RL), every checkpoint kept (each is a
+    branch point)."""
     out = copy.deepcopy(cfg)
     out.switch.policy = "never"
+    out.checkpoint.keep_last_hf = 0
     return out
 
 
