@@ -143,12 +143,19 @@ def run_pipeline(
         trunk.branch_decision(cfg.switch)  # a missing step or a policy that never branches fails here, named
         from_trunk = trunk.dir
     cfg = resolve_paths(cfg)
-    # Fail on a bad model folder, data row or prompt length here, before Ray starts.
-    check_inputs(cfg)
     parse_injections(cfg.faults.inject)  # a malformed faults.inject item, named
-    init_ray(cfg)
-    # A fixed cluster too small for the config: fail now, before a run folder exists, not wait forever.
-    check_resources(cfg, rl=cfg.switch.policy != "never" or from_trunk is not None)
+    rl = cfg.switch.policy != "never" or from_trunk is not None
+    joining = bool(os.environ.get("RAY_ADDRESS"))
+    if joining:
+        # On a running cluster the resource check costs a connection: do it before building data or a model.
+        init_ray(cfg)
+        check_resources(cfg, rl=rl)
+    # Fail on a bad model folder, data row or prompt length here, before a local Ray starts.
+    check_inputs(cfg)
+    if not joining:
+        init_ray(cfg)
+        # A fixed cluster too small for the config: fail now, before a run folder exists, not wait forever.
+        check_resources(cfg, rl=rl)
     if run_dir is None:
         run_dir = new_run_dir(cfg)
     else:
