@@ -287,23 +287,37 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             reset = True
         elif decision.from_step != val_losses[-1][0]:
             self.learner.load_hf(self.folder.checkpoint_path(decision.from_step))
-        self.learner.set_objective("rl", self._rl_settings(), reset_optimizer=reset)
+        # The RL step's settings (objective, clip, dual clip, sampling temperature, old log-probs source).
+        self.learner.set_objective("rl", self.stepper.learner_settings(), reset_optimizer=reset)
         sync = self._on_rollouts(
             "weight sync at the switch",
             lambda: self.sync.sync(self.learner, self.workers, decision.from_step),
         )
         losses = [v for s, v in val_losses if s <= decision.from_step]
         seen = [v for s, v in val_losses if s <= decision.step]
+        if len(seen) == len(losses):
+            from plasticity.regimes import online_regime
+
+            # The branch point is the latest validation: judged as SFT judged it (a clear new minimum is still
+            # Adaptive), not as the minimum of its own curve.
+            online = online_regime(losses, cfg.switch.delta, cfg.switch.delta2)
+        else:
+            # A rollback: the losses after the branch point up to the decision are known.
+            online = label_regimes(seen, cfg.switch.delta, cfg.switch.delta2)[len(losses) - 1]
         switch = {
             "step": decision.from_step,
             "decided_at_step": decision.step,
             "reason": decision.reason,
             "policy": cfg.switch.policy,
             "val_loss": losses[-1],
-            # The branch point's regime given every loss seen when the decision was taken (a rollback knows
-            # the losses that came after its checkpoint).
-            "regime": label_regimes(seen, cfg.switch.delta, cfg.switch.delta2)[len(losses) - 1],
-            "regime_basis": f"online: the losses seen up to step {decision.step}",
+            # `regime` is the label the record stands by; `regime_basis` says which one it is: "online" (the
+            # losses seen up to the decision; a plain run's SFT ends there, so its hindsight label is unknown)
+            # or "hindsight" (the whole SFT curve, as in a trunk). Both labels are kept apart as well.
+            "regime": online,
+            "regime_basis": "online",
+            "regime_basis_detail": f"the validation losses seen up to step {decision.step}",
+            "regime_online": online,
+            "regime_hindsight": None,
             "optimizer_reset": reset,
             "seconds": time.perf_counter() - t0,
             "sync_seconds": sync["seconds"],
@@ -314,15 +328,16 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
         }
         if self.trunk is not None:
             # The trunk's whole curve is known: its hindsight label is the paper's.
-            switch["regime_online"] = switch["regime"]
-            switch["regime"] = self.trunk.checkpoint(decision.from_step).regime
-            switch["regime_basis"] = f"hindsight: the trunk's curve to step {self.trunk.steps()[-1]}"
+            switch["regime"] = switch["regime_hindsight"] = self.trunk.checkpoint(decision.from_step).regime
+            switch["regime_basis"] = "hindsight"
+            switch["regime_basis_detail"] = f"the trunk's whole SFT curve, to step {self.trunk.steps()[-1]}"
         self.folder.log(
             {
                 "phase": "switch",
                 "step": decision.from_step,
                 "val_loss": switch["val_loss"],
                 "regime": switch["regime"],
+                "regime_basis": switch["regime_basis"],
                 "seconds": time.time() - self.state["started"],
                 "switch_seconds": switch["seconds"],
             }

@@ -87,7 +87,12 @@ class LearnerRank:
             # torch_adam avoids DeepSpeed's FusedAdam JIT build (~70 s on CPU).
             "optimizer": {
                 "type": "AdamW",
-                "params": {"lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay, "torch_adam": True},
+                "params": {
+                    "lr": self.cfg.lr,
+                    "betas": [float(b) for b in self.cfg.betas],
+                    "weight_decay": self.cfg.weight_decay,
+                    "torch_adam": True,
+                },
             },
             "bf16": {"enabled": dtype == torch.bfloat16},
             "fp16": {"enabled": dtype == torch.float16},
@@ -110,11 +115,16 @@ class LearnerRank:
 
     # ---- objective -------------------------------------------------------------------------------------------
     def set_objective(self, objective: str, rl: dict | None = None, reset_optimizer: bool = False) -> None:
-        """Switch the loss on this live engine. rl holds algorithm, clip_low, clip_high, lr, max_tokens."""
+        """Switch the loss on this live engine. rl holds algorithm, clip_low, clip_high, lr, max_tokens and
+        optionally clip_ratio_c and temperature (the RL step sends them with every step; see actors/rl_step.py).
+        reset_optimizer: a new AdamW (moments and step counts cleared), as the paper's RL runs start."""
         self.objective, self.rl = objective, dict(rl or {})
         if reset_optimizer:
             inner = getattr(self.optimizer, "optimizer", self.optimizer)
             inner.state.clear()  # AdamW re-creates its moments lazily on the next step
+        if objective == "rl" and self.cfg.rl_betas:
+            for group in self.optimizer.param_groups:
+                group["betas"] = tuple(float(b) for b in self.cfg.rl_betas)
         if objective == "rl" and self.rl.get("lr"):
             self._set_lr(self.rl["lr"])
 
@@ -149,31 +159,67 @@ class LearnerRank:
             self._set_lr(self._sft_lr(self.sft_step))
             self.sft_step += 1
         size = self.cfg.micro_batch_size or len(shard["input_ids"])
-        totals: dict[str, float] = {}
+        sums: dict[str, float] = {}  # loss, tokens and other counts: summed
+        means: dict[str, float] = {}  # token-weighted means
+        maxima: dict[str, float] = {}  # keys ending in _max_dev: maxima over tokens
+        weight = 0.0
         for i in range(0, len(shard["input_ids"]), size):
             micro = {k: v[i : i + size] for k, v in shard.items()}
             loss, info = self._micro_loss(micro, global_count)
             # Each micro-batch loss is already a share of the global mean: no further scaling by DeepSpeed.
             self.engine.backward(loss, scale_wrt_gas=False)
             w = float(info.get("tokens", 1.0))
-            totals["_w"] = totals.get("_w", 0.0) + w
+            weight += w
             for k, v in info.items():
-                if k in ("loss", "tokens"):
-                    totals[k] = totals.get(k, 0.0) + float(v)
+                if k in ("loss", "tokens", "off_policy_tokens"):
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                elif k.endswith("_max_dev"):
+                    maxima[k] = max(maxima.get(k, 0.0), float(v))
                 elif isinstance(v, (int, float)) or hasattr(v, "__float__"):
-                    totals[k] = totals.get(k, 0.0) + float(v) * w
+                    means[k] = means.get(k, 0.0) + float(v) * w
         self.engine.step()
-        w = totals.pop("_w")
-        out = {k: (v if k in ("loss", "tokens") else v / max(w, 1e-9)) for k, v in totals.items()}
+        out = {**sums, **{k: v / max(weight, 1e-9) for k, v in means.items()}, **maxima}
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         out["lr"] = self.optimizer.param_groups[0]["lr"]
         out["seconds"] = time.perf_counter() - t0
         return out
 
+    def _temperature(self) -> float:
+        """Temperature the RL log-probs are taken at: the sampling temperature when the learner provides the
+        behaviour log-probs (veRL divides the logits by it for old and new alike), else 1 (vLLM's raw ones)."""
+        t = float(self.rl.get("temperature") or 1.0)
+        return t if self.rl.get("old_logprobs", "learner") == "learner" else 1.0
+
+    def _rl_logprobs(self, ids, attn):
+        """(response-position log-probs [B, T-1] at the RL temperature, the scaled logits)."""
+        from trainers import token_logprobs
+
+        logits = self._forward(ids, attn) / self._temperature()
+        return token_logprobs(logits, ids), logits
+
+    def compute_logprobs(self, shard: dict) -> list[list[float]]:
+        """Log-probs of every row's response tokens under the current weights, at the RL temperature: the
+        behaviour policy's, recomputed before the step's first update (rl.old_logprobs: learner)."""
+        import torch
+
+        self.engine.eval()
+        size = self.cfg.micro_batch_size or len(shard["input_ids"])
+        out: list[list[float]] = []
+        with torch.no_grad():
+            for i in range(0, len(shard["input_ids"]), size):
+                ids, attn = _pad(shard["input_ids"][i : i + size], self.pad_id)
+                lps, _ = self._rl_logprobs(ids.to(self.device), attn)
+                for b, m in enumerate(shard["loss_mask"][i : i + size]):
+                    n = sum(m)
+                    start = m.index(1) - 1 if n else 0
+                    out.append(lps[b, start : start + n].float().cpu().tolist())
+        return out
+
     def _micro_loss(self, micro: dict, global_count: float):
         import torch
 
-        from trainers import rl_objective, sft_loss, token_logprobs
+        from trainers import aggregate_token_loss, rl_objective, sft_loss
+        from trainers.policy_loss import token_entropy
 
         ids, attn = _pad(micro["input_ids"], self.pad_id)
         mask = _mask(micro["loss_mask"], ids.shape[1]).to(self.device)
@@ -183,38 +229,48 @@ class LearnerRank:
             return sft_loss(
                 self._forward(ids, attn), ids, mask, token_scale=n_local * self.world_size / global_count
             )
-        _, loss_fn, _ = rl_objective(self.rl["algorithm"])
+        objective = rl_objective(self.rl["algorithm"])
         resp_mask = mask[:, 1:]
-        new = token_logprobs(self._forward(ids, attn), ids)
+        new, logits = self._rl_logprobs(ids, attn)
         if "old_logprobs" in micro:
-            # The behaviour policy's own logprobs (from the rollout engine), so later mini-batch updates see a
-            # real importance ratio and DAPO's clip bites.
+            # The behaviour policy's log-probs (recomputed by the learner before the first update, or the
+            # engine's), so later mini-batch updates see a real importance ratio and the clip bites.
             old = torch.zeros_like(new)
             for b, lps in enumerate(micro["old_logprobs"]):
-                if not lps:
-                    continue  # a padding row: no response tokens
+                if not lps or 1 not in micro["loss_mask"][b]:
+                    continue  # a padding row or a filtered completion: no response tokens
                 start = micro["loss_mask"][b].index(1) - 1
                 old[b, start : start + len(lps)] = torch.tensor(lps, dtype=old.dtype)
         else:
             old = new.detach()
         adv = torch.tensor(micro["advantages"], dtype=torch.float32, device=self.device)
-        if self.rl["algorithm"] == "dr_grpo":
-            # Dr.GRPO divides by a constant (sequences x max generation length), not by the tokens seen.
-            scale = len(ids) * resp_mask.shape[1] * self.world_size / (global_count * self.rl["max_tokens"])
-        else:
-            scale = float(resp_mask.sum()) * self.world_size / global_count
-        loss, info = loss_fn(
+        flags = micro.get("off_policy") or []
+        off_policy = torch.tensor([b < len(flags) and bool(flags[b]) for b in range(len(ids))])
+        # Each rank divides by the global count / world size; DeepSpeed's gradient average makes it global.
+        denominator = global_count / self.world_size
+        entropy = None
+        if objective.entropy_coef or objective.uses_entropy:
+            entropy = token_entropy(logits, resp_mask)
+        loss, info = objective.loss_fn(
             new,
             old,
             adv,
             resp_mask,
             clip_low=self.rl["clip_low"],
             clip_high=self.rl["clip_high"],
-            token_scale=scale,
+            clip_ratio_c=self.rl.get("clip_ratio_c", objective.clip_ratio_c),
+            loss_agg=objective.loss_agg,
+            normalizer=denominator,
+            off_policy=off_policy.to(self.device),
+            entropy=entropy,
         )
+        if objective.entropy_coef:
+            bonus = aggregate_token_loss(entropy, resp_mask, objective.loss_agg, denominator)
+            loss = loss - objective.entropy_coef * bonus
+            info["entropy"] = float((entropy * resp_mask).sum() / resp_mask.sum().clamp(min=1))
         if "old_logprobs" in micro:
             diff = ((new.detach() - old).abs() * resp_mask).sum() / resp_mask.sum().clamp(min=1)
-            info["logprob_diff_vs_engine"] = float(diff)
+            info["logprob_diff_vs_old"] = float(diff)
         return loss, info
 
     def eval_loss(self, shard: dict) -> tuple[float, float]:

@@ -12,9 +12,9 @@ from collections import defaultdict
 import ray
 import torch
 
-from plasticity.flops import dapo_step_flops, grpo_step_flops
 from switchpoint.data import format_prompt
-from trainers import rl_objective, summarize_eval
+from trainers import CORRECT_THRESHOLD, rl_objective, summarize_eval
+from trainers.sampling import ShortBatchError, overlong_penalty, settle_short_batch
 
 
 class RLStepper:
@@ -22,12 +22,37 @@ class RLStepper:
         self.cfg, self.learner, self.workers, self.verifier = cfg, learner, workers, verifier
         self.tokenizer, self.hf_config = tokenizer, hf_config
         self.template = cfg.data.prompt_template
+        self.objective = rl_objective(cfg.rl.algorithm)
         self.rl_rows = splits.rl
+        # The paper's max prompt length: longer prompts are left out (veRL's filter_overlong_prompts).
+        if cfg.rl.max_prompt_len:
+            self.rl_rows = [r for r in self.rl_rows if len(self._encode([r])[0]) <= cfg.rl.max_prompt_len]
+            if not self.rl_rows:
+                raise ValueError(f"every RL prompt is longer than rl.max_prompt_len={cfg.rl.max_prompt_len}")
+        if self.objective.needs_expert and not all(r.get("response") for r in self.rl_rows):
+            raise ValueError(
+                f"rl.algorithm {cfg.rl.algorithm} puts the expert trajectory in every group: each RL row needs "
+                "a non-empty response (data.columns.response)"
+            )
         self.eval_rows = splits.eval[: cfg.eval.max_prompts]
         self.rng = random.Random(cfg.run.seed + 1)
         self.order: list[int] = []
-        self.advantage_fn, _, self.dynamic_sampling = rl_objective(cfg.rl.algorithm)
         self.timings: dict[str, list[float]] = defaultdict(list)
+
+    def learner_settings(self) -> dict:
+        """What the learner's RL loss needs; sent with every step (set_objective without a reset is cheap and
+        idempotent), so a rebuilt or resumed learner always has them."""
+        cfg = self.cfg
+        return {
+            "algorithm": cfg.rl.algorithm,
+            "clip_low": cfg.rl.clip_low,
+            "clip_high": cfg.rl.clip_high,
+            "clip_ratio_c": cfg.rl.clip_ratio_c,
+            "lr": cfg.learner.rl_lr or cfg.learner.lr,
+            "max_tokens": cfg.rollout.max_tokens,
+            "temperature": cfg.rollout.temperature,
+            "old_logprobs": cfg.rl.old_logprobs,
+        }
 
     # ---- generation across workers ---------------------------------------------------------------------------
     def _encode(self, rows: list[dict]) -> list[list[int]]:
@@ -87,39 +112,91 @@ class RLStepper:
         return scores, dict(statuses)
 
     # ---- one RL step -----------------------------------------------------------------------------------------
+    def _expert_member(self, row: dict) -> dict:
+        """The expert trajectory as a group member (off-policy: no engine log-probs)."""
+        ids = self.tokenizer.encode(row["response"], add_special_tokens=False) + [self.tokenizer.eos_token_id]
+        ids = ids[: self.cfg.rollout.max_tokens]
+        return {
+            "token_ids": ids,
+            "logprobs": None,
+            "text": row["response"],
+            "finish_reason": "stop",
+            "expert": 1,
+        }
+
+    def _overlong_penalty(self, sample: dict) -> float:
+        """DAPO's soft overlong punishment (0 when rl.overlong_buffer_len is 0)."""
+        if sample.get("expert"):
+            return 0.0
+        rl = self.cfg.rl
+        return overlong_penalty(
+            len(sample["token_ids"]),
+            self.cfg.rollout.max_tokens,
+            rl.overlong_buffer_len,
+            rl.overlong_penalty_factor,
+        )
+
+    # ---- one RL step -----------------------------------------------------------------------------------------
     def step(self, i: int) -> dict:
-        cfg = self.cfg
+        cfg, objective = self.cfg, self.objective
         t0 = time.perf_counter()
+        self.learner.set_objective("rl", self.learner_settings())
         t_gen = t_ver = 0.0
         kept_outs, kept_scores, all_scores, statuses = [], [], [], defaultdict(int)
         generated_prompts = gen_tokens = prompt_tokens = 0
-        for rnd in range(cfg.rl.max_gen_rounds if self.dynamic_sampling else 1):
+        n_sampled = cfg.rl.group_size - objective.off_policy_members
+        for rnd in range(cfg.rl.max_gen_rounds if objective.dynamic_sampling else 1):
             need = cfg.rl.prompts_per_step - len(kept_outs)
-            rows = self._next_prompts(need if rnd == 0 else max(need, cfg.rl.prompts_per_step // 2))
+            rows = self._next_prompts(
+                need
+                if rnd == 0 and not cfg.rl.gen_batch_size
+                else cfg.rl.gen_batch_size or cfg.rl.prompts_per_step
+            )
             t = time.perf_counter()
             outs = self._generate(
-                self._encode(rows),
-                cfg.rl.group_size,
-                cfg.rollout.temperature,
-                (cfg.run.seed * 100_003 + i) * 7 + rnd,
+                self._encode(rows), n_sampled, cfg.rollout.temperature, (cfg.run.seed * 100_003 + i) * 7 + rnd
             )
             t_gen += time.perf_counter() - t
+            gen_tokens += sum(len(s["token_ids"]) for o in outs for s in o["samples"])
+            for o, r in zip(outs, rows):
+                o["samples"] += [self._expert_member(r) for _ in range(objective.off_policy_members)]
+                if objective.expert_fallback:
+                    o["expert_member"] = self._expert_member(r)
             t = time.perf_counter()
             scores, st = self._score(outs, rows)
+            scores = [
+                [x + self._overlong_penalty(smp) for x, smp in zip(sc, o["samples"])]
+                for sc, o in zip(scores, outs)
+            ]
             t_ver += time.perf_counter() - t
             for k, v in st.items():
                 statuses[k] += v
             generated_prompts += len(rows)
-            gen_tokens += sum(len(s["token_ids"]) for o in outs for s in o["samples"])
             prompt_tokens += sum(len(o["prompt_token_ids"]) for o in outs)
             all_scores += scores
-            for o, s in zip(outs, scores):
-                informative = max(s) != min(s)
-                if (informative or not self.dynamic_sampling) and len(kept_outs) < cfg.rl.prompts_per_step:
+            for o, sc in zip(outs, scores):
+                # UPT: no completion correct -> the group trains on its expert trajectory instead.
+                o["fallback"] = objective.expert_fallback and max(sc) < CORRECT_THRESHOLD
+                informative = max(sc) != min(sc)
+                if (informative or not objective.dynamic_sampling) and len(
+                    kept_outs
+                ) < cfg.rl.prompts_per_step:
                     kept_outs.append(o)
-                    kept_scores.append(s)
+                    kept_scores.append(sc)
             if len(kept_outs) >= cfg.rl.prompts_per_step:
                 break
+        short = objective.dynamic_sampling and len(kept_outs) < cfg.rl.prompts_per_step
+        if objective.dynamic_sampling:
+            try:
+                kept = settle_short_batch(
+                    list(range(len(kept_outs))),
+                    cfg.rl.prompts_per_step,
+                    cfg.rl.short_batch,
+                    cfg.rl.max_gen_rounds,
+                )
+            except ShortBatchError as e:
+                raise ShortBatchError(f"RL step {i}: {e}") from None
+            kept_outs, kept_scores = [kept_outs[k] for k in kept], [kept_scores[k] for k in kept]
 
         rewards_all = [x for s in all_scores for x in s]
         row = {
@@ -128,37 +205,47 @@ class RLStepper:
             "prompts_generated": generated_prompts,
             "gen_tokens": gen_tokens,
             "verifier_status": dict(statuses),
+            "old_logprobs": cfg.rl.old_logprobs,
+            "short_batch": short,
         }
+        if objective.expert_fallback:
+            row["expert_sft_groups"] = sum(bool(o.get("fallback")) for o in kept_outs)
         t_train = 0.0
         if kept_outs:
-            adv = self.advantage_fn(torch.tensor(kept_scores, dtype=torch.float32))
+            adv = objective.advantage_fn(torch.tensor(kept_scores, dtype=torch.float32)).tolist()
             t = time.perf_counter()
-            outs = [
-                self._train_on(kept_outs[m :: cfg.rl.minibatches], adv.tolist()[m :: cfg.rl.minibatches])
-                for m in range(min(cfg.rl.minibatches, len(kept_outs)))
-            ]
+            m_count = min(cfg.rl.minibatches, len(kept_outs))
+            batches = [self._batch(kept_outs[m::m_count], adv[m::m_count]) for m in range(m_count)]
+            if cfg.rl.old_logprobs == "learner":
+                # Behaviour log-probs from the learner's weights before the first update, for every mini-batch.
+                for b in batches:
+                    b["old_logprobs"] = self._on_ranks("compute_logprobs", b)
+            outs = [self._train(b) for b in batches]
             t_train = time.perf_counter() - t
             row.update(
                 loss=sum(o["loss"] for o in outs) / len(outs),
                 clip_fraction=sum(o.get("clip_fraction", 0.0) for o in outs) / len(outs),
                 approx_kl=outs[-1].get("approx_kl"),
                 grad_norm=outs[-1].get("grad_norm"),
-                logprob_diff_vs_engine=outs[0].get("logprob_diff_vs_engine"),
+                # max |ratio - 1| over every token of the first update: ~0 when the learner recomputed the
+                # behaviour log-probs (the check that the ratio compares the policy that sampled).
+                ratio_max_dev_first_update=outs[0].get("ratio_max_dev"),
+                logprob_diff_vs_old=outs[0].get("logprob_diff_vs_old"),
                 updates=len(outs),
                 tokens=int(sum(o.get("tokens", 0) for o in outs)),
             )
+            for key in ("entropy", "off_policy_tokens", "off_policy_prob"):
+                if key in outs[0]:
+                    row[key] = outs[0][key]
         else:
-            row.update(loss=None, skipped="no informative groups")
+            row.update(
+                loss=None, skipped="short batch (rl.short_batch: skip)" if short else "no informative groups"
+            )
         n_seq = max(1, generated_prompts * cfg.rl.group_size)
         mean_len = prompt_tokens / max(1, generated_prompts) + gen_tokens / n_seq
-        if cfg.rl.algorithm == "dapo":
-            row["step_flops"] = dapo_step_flops(
-                self.hf_config, generated_prompts, len(kept_outs), cfg.rl.group_size, mean_len
-            )
-        elif kept_outs:
-            row["step_flops"] = grpo_step_flops(self.hf_config, len(kept_outs), cfg.rl.group_size, mean_len)
-        else:
-            row["step_flops"] = 0.0
+        row["step_flops"] = objective.flops(
+            self.hf_config, generated_prompts, len(kept_outs), cfg.rl.group_size, mean_len
+        )
         total = time.perf_counter() - t0
         row["timing"] = {
             "generate": t_gen,
@@ -172,23 +259,70 @@ class RLStepper:
         self.timings["gen_tokens_per_s"].append(row["gen_tokens_per_s"] or 0.0)
         return row
 
-    def _train_on(self, groups: list[dict], advantages: list[list[float]]) -> dict:
-        """One optimizer update on whole groups: prompt + completion tokens, loss on the completion only."""
-        batch = {"input_ids": [], "loss_mask": [], "advantages": [], "old_logprobs": []}
+    def _batch(self, groups: list[dict], advantages: list[list[float]]) -> dict:
+        """One update's rows: prompt + completion tokens, loss on the completion only (none on a completion cut
+        at max_tokens with rl.overlong_filter); expert members flagged off-policy. Padded with empty rows to a
+        multiple of the ranks, so the group's own padding never applies."""
+        batch = {"input_ids": [], "loss_mask": [], "advantages": [], "old_logprobs": [], "off_policy": []}
         for o, a in zip(groups, advantages):
             p = o["prompt_token_ids"]
-            for s, a_j in zip(o["samples"], a):
-                batch["input_ids"].append(p + s["token_ids"])
-                batch["loss_mask"].append([0] * len(p) + [1] * len(s["token_ids"]))
+            members = [(o["expert_member"], 0.0)] if o.get("fallback") else list(zip(o["samples"], a))
+            for smp, a_j in members:
+                cut = self.cfg.rl.overlong_filter and smp.get("finish_reason") == "length"
+                batch["input_ids"].append(p + smp["token_ids"])
+                batch["loss_mask"].append([0] * len(p) + [0 if cut else 1] * len(smp["token_ids"]))
                 batch["advantages"].append(a_j)
-                batch["old_logprobs"].append(s["logprobs"])
-        if any(lp is None for lp in batch["old_logprobs"]):
+                batch["old_logprobs"].append(smp["logprobs"] or [])
+                batch["off_policy"].append(int(bool(smp.get("expert"))))
+        if self.cfg.rl.old_logprobs == "engine" and any(
+            not lp and not off for lp, off in zip(batch["old_logprobs"], batch["off_policy"])
+        ):
             del batch["old_logprobs"]  # greedy rollouts carry no logprobs: ratio against the current policy
-        if self.cfg.rl.algorithm == "dr_grpo":
-            global_count = float(len(batch["input_ids"]))
-        else:
-            global_count = float(sum(sum(m[1:]) for m in batch["loss_mask"]))
-        return self.learner.train_step(batch, max(global_count, 1.0))
+        world = len(self.learner.ranks)
+        while len(batch["input_ids"]) % world:
+            batch["input_ids"].append(batch["input_ids"][0][:2])
+            batch["loss_mask"].append([0, 0])
+            batch["advantages"].append(0.0)
+            batch["off_policy"].append(0)
+            if "old_logprobs" in batch:
+                batch["old_logprobs"].append([])
+        return batch
+
+    def _on_ranks(self, method: str, batch: dict, *args) -> list:
+        """Call a LearnerRank method with each rank's shard; per-row results back in the batch's order."""
+        shards = self.learner.shard(batch)
+        refs = [getattr(r, method).remote(s, *args) for r, s in zip(self.learner.ranks, shards)]
+        parts = self.learner._gather(refs)
+        world = len(parts)
+        return [parts[j % world][j // world] for j in range(len(batch["input_ids"]))]
+
+    def _train(self, batch: dict) -> dict:
+        """One optimizer update over the learner ranks. The loss's global denominator comes from the objective
+        (tokens, sequences, or sequences x max_tokens); maxima over tokens (ratio_max_dev) stay maxima."""
+        lengths = [sum(m) for m in batch["loss_mask"] if sum(m)]
+        count = self.objective.global_count(lengths, self.cfg.rollout.max_tokens)
+        shards = self.learner.shard(batch)
+        res = self.learner._gather(
+            [r.train_step.remote(s, count) for r, s in zip(self.learner.ranks, shards)]
+        )
+        world = len(res)
+        out = {
+            "loss": sum(r["loss"] for r in res) / world,
+            "tokens": sum(r.get("tokens", 0.0) for r in res),
+            "grad_norm": res[0]["grad_norm"],
+            "lr": res[0]["lr"],
+        }
+        weight = out["tokens"] or 1.0
+        for key in res[0]:
+            if key in out or key == "seconds":
+                continue
+            if key.endswith("_max_dev"):
+                out[key] = max(r.get(key, 0.0) for r in res)
+            elif key == "off_policy_tokens":
+                out[key] = sum(r.get(key, 0.0) for r in res)
+            else:
+                out[key] = sum(r.get(key, 0.0) * r.get("tokens", 0.0) for r in res) / weight
+        return out
 
     def get_state(self) -> dict:
         """The prompt sampler's position (RNG and the rest of the shuffled order), JSON-safe, for resume."""

@@ -122,8 +122,13 @@ class LearnerConfig:
     """Length of the cosine decay (0: sft.max_steps)."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""
-    reset_optimizer_at_switch: bool = False
-    """Start RL with fresh AdamW moments (True) or carry SFT's over (False). Recorded in the run."""
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW (beta1, beta2) of the SFT phase (the paper's SFT: 0.9, 0.95)."""
+    rl_betas: list = field(default_factory=list)
+    """AdamW (beta1, beta2) of the RL phase (the paper's DAPO: 0.9, 0.999); empty: keep `betas`."""
+    reset_optimizer_at_switch: bool = True
+    """Start RL with a new AdamW (True: fresh moments, as the paper's RL runs start from the SFT checkpoint's
+    weights) or carry SFT's moments over (False). Recorded in the run."""
     micro_batch_size: int = 0
     """Sequences per forward/backward on a rank; gradients accumulate to one step (0: the whole shard at once)."""
     torch_threads: int = 1
@@ -183,23 +188,51 @@ class RolloutConfig:
 @dataclass
 class RLConfig:
     algorithm: str = "dapo"
-    """dapo | grpo | dr_grpo."""
+    """An RL objective of trainers/ (dapo | grpo | dr_grpo | luffy | srft | upt); it owns the clip defaults, the loss
+    aggregation, dynamic sampling, off-policy members and the FLOPs formula."""
     steps: int = 40
     """RL optimizer steps."""
     prompts_per_step: int = 16
     """Prompts trained per step (after dynamic sampling for dapo)."""
     group_size: int = 8
     """Samples per prompt (G)."""
-    clip_low: float = 0.2
-    """Lower clip: ratio >= 1 - clip_low."""
+    clip_low: float = 0.0
+    """Lower clip: ratio >= 1 - clip_low. 0 means the objective's own (0.2 for all built in)."""
     clip_high: float = 0.0
-    """Upper clip: ratio <= 1 + clip_high. 0 means the algorithm's own: 0.28 for dapo (clip-higher), clip_low
-    (symmetric) for grpo and dr_grpo."""
+    """Upper clip: ratio <= 1 + clip_high. 0 means the objective's own: 0.28 for dapo (clip-higher), 0.2 for
+    the others."""
+    clip_ratio_c: float = 0.0
+    """Dual clip: a negative-advantage token's loss is at most -clip_ratio_c * A (must be > 1). 0 means the
+    objective's own (10 for dapo, as the paper's veRL recipe; off for the others)."""
+    old_logprobs: str = "learner"
+    """Behaviour-policy log-probs for the ratio: `learner` recomputes them with the learner's weights before the
+    step's first update, at the sampling temperature (the authors' veRL runs); `engine` takes vLLM's, which are
+    before temperature and top-p (the learner then also scores at temperature 1), so at temperature != 1 the
+    ratio compares another policy than the one sampled."""
     minibatches: int = 1
-    """Optimizer updates per RL step: the kept groups are split into this many mini-batches, with the rollout
-    engine's logprobs as the behaviour policy (so later updates see ratios != 1 and the clip matters)."""
+    """Optimizer updates per RL step: the kept groups are split into this many mini-batches, all scored by the
+    behaviour policy before the first update (rl.old_logprobs), so later updates see ratios != 1 and the clip
+    matters."""
     max_gen_rounds: int = 3
-    """DAPO dynamic sampling: generation rounds per step to fill the batch with informative groups."""
+    """Dynamic sampling: generation rounds per step to fill the batch with informative groups (veRL's
+    max_num_gen_batches)."""
+    gen_batch_size: int = 0
+    """Dynamic sampling: prompts generated per round (veRL's gen_batch_size; the paper 128); 0: the prompts
+    still missing in the first round, then prompts_per_step."""
+    short_batch: str = "partial"
+    """Dynamic sampling, when the rounds run out with fewer than prompts_per_step informative groups:
+    `partial` trains on the groups kept, `skip` makes no update that step, `error` stops the run (veRL's
+    DAPO recipe: "Generated too many")."""
+    overlong_buffer_len: int = 0
+    """DAPO soft overlong punishment: completions longer than max_tokens - this get a reward penalty growing
+    linearly to overlong_penalty_factor at max_tokens (0: off, as in the paper's runs)."""
+    overlong_penalty_factor: float = 1.0
+    """DAPO soft overlong punishment: the penalty at max_tokens."""
+    overlong_filter: bool = False
+    """DAPO overlong filtering: completions cut off at max_tokens get no loss (off in the paper's runs)."""
+    max_prompt_len: int = 0
+    """RL prompts longer than this many tokens (template applied) are left out of the RL set (the paper:
+    1,024); 0: no limit."""
     eval_every: int = 10
     """Held-out accuracy every this many RL steps (and at the switch and the end)."""
 
@@ -320,7 +353,8 @@ CHOICES = {
     "data.source": ("synthetic", "files"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "rollout.weight_sync": ("object_store", "disk"),
-    "rl.algorithm": ("dapo", "grpo", "dr_grpo"),
+    "rl.old_logprobs": ("learner", "engine"),
+    "rl.short_batch": ("partial", "skip", "error"),
     "learner.lr_schedule": ("constant", "cosine"),
     "tune.scheduler": ("ceiling", "asha", "fifo"),
 }
@@ -331,6 +365,7 @@ POSITIVE = (
     "rl.prompts_per_step",
     "rl.group_size",
     "rl.max_gen_rounds",
+    "rl.overlong_penalty_factor",
     "rl.minibatches",
     "rl.eval_every",
     "rollout.num_workers",
@@ -355,6 +390,10 @@ NON_NEGATIVE = (
     "learner.micro_batch_size",
     "learner.warmup_steps",
     "rl.steps",
+    "rl.gen_batch_size",
+    "rl.overlong_buffer_len",
+    "rl.max_prompt_len",
+    "rl.clip_ratio_c",
     "sft.max_steps",
     "learner.weight_decay",
     "learner.rl_lr",
@@ -441,14 +480,33 @@ def _validate(cfg: Config) -> Config:
             f"config key 'sft.batch_size' ({cfg.sft.batch_size}) must divide evenly over "
             f"learner.num_ranks ({cfg.learner.num_ranks})"
         )
+    from trainers.objectives import RL_OBJECTIVES
+
+    if cfg.rl.algorithm not in RL_OBJECTIVES:
+        raise ConfigError(
+            f"config key 'rl.algorithm' is {cfg.rl.algorithm!r}; choose one of {', '.join(RL_OBJECTIVES)}"
+        )
+    objective = RL_OBJECTIVES[cfg.rl.algorithm]
+    for key in ("clip_low", "clip_high", "clip_ratio_c"):  # 0: the objective's own
+        if getattr(cfg.rl, key) == 0:
+            setattr(cfg.rl, key, getattr(objective, key))
     if not 0 < cfg.rl.clip_low < 1:
         raise ConfigError(f"config key 'rl.clip_low' must be in (0, 1), got {cfg.rl.clip_low}")
     if cfg.rl.clip_high < 0:
         raise ConfigError(
-            f"config key 'rl.clip_high' must be >= 0 (0: the algorithm's own), got {cfg.rl.clip_high}"
+            f"config key 'rl.clip_high' must be >= 0 (0: the objective's own), got {cfg.rl.clip_high}"
         )
-    if cfg.rl.clip_high == 0:
-        cfg.rl.clip_high = 0.28 if cfg.rl.algorithm == "dapo" else cfg.rl.clip_low
+    if cfg.rl.clip_ratio_c and cfg.rl.clip_ratio_c <= 1:
+        raise ConfigError(f"config key 'rl.clip_ratio_c' must be > 1 (dual clip), got {cfg.rl.clip_ratio_c}")
+    if objective.off_policy_members >= cfg.rl.group_size:
+        raise ConfigError(
+            f"config key 'rl.group_size' ({cfg.rl.group_size}) must exceed the {cfg.rl.algorithm} objective's "
+            f"{objective.off_policy_members} off-policy member(s) per group"
+        )
+    for key in ("betas", "rl_betas"):
+        betas = getattr(cfg.learner, key)
+        if (key == "betas" or betas) and (len(betas) != 2 or not all(0 <= float(b) < 1 for b in betas)):
+            raise ConfigError(f"config key 'learner.{key}' must be two numbers in [0, 1), got {betas}")
     for key in NON_NEGATIVE:
         if get_key(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {get_key(cfg, key)}")

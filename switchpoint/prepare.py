@@ -143,6 +143,10 @@ def load_splits(cfg: Config) -> tuple[Splits, dict[str, str]]:
         "rl": ("prompt", "answer"),
         "eval": ("prompt", "answer"),
     }
+    from trainers.objectives import rl_objective
+
+    if rl_objective(cfg.rl.algorithm).needs_expert:  # LUFFY, SRFT, UPT: RL groups use the expert trajectory
+        need["rl"] = ("prompt", "answer", "response")
     rows = {}
     for name, path in paths.items():
         cols = {k: v for k, v in columns.items() if k in need[name]}

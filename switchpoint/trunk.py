@@ -20,7 +20,7 @@ TRUNK_FILE = "trunk.json"
 REGIMES = ("adaptive", "stable", "mild", "severe")
 PICKS = ("first", "middle", "last", "all")
 # Learner keys that act only after the switch: they do not change the trunk.
-RL_ONLY_LEARNER_KEYS = ("rl_lr", "reset_optimizer_at_switch")
+RL_ONLY_LEARNER_KEYS = ("rl_lr", "rl_betas", "reset_optimizer_at_switch")
 
 
 def sft_settings(cfg: Config) -> dict:

@@ -120,3 +120,36 @@ def test_mild_policy_never_mistakes_a_bump_in_the_descent_for_overfitting(seed):
     d = replay("mild", curve=curve, patience=4)
     # seed4 jumps from its minimum straight into Severe, so there is no Mild checkpoint to take.
     assert (d is None and MILD not in labels.values()) or labels[d.from_step] == MILD, (d, labels)
+
+
+def test_a_slow_steady_fall_is_not_a_plateau():
+    # 1.9% per validation for 4 validations (8% in all): every single gain is below delta, the sum is not.
+    curve = [(0, 3.0), (10, 1.2), (20, 1.0)] + [(30 + 10 * k, 1.0 * 0.981 ** (k + 1)) for k in range(4)]
+    assert replay("stable", curve=curve, patience=4) is None
+    assert replay("mild", curve=curve, patience=4) is None
+    # The same four validations flat within delta of the best before them: a plateau.
+    flat = [(0, 3.0), (10, 1.2), (20, 1.0), (30, 0.995), (40, 1.004), (50, 0.992), (60, 1.001)]
+    assert replay("stable", curve=flat, patience=4).step == 60
+
+
+def test_tiny_default_switch_steps_on_the_trunks():
+    """The steps the default policy decides at and switches from on the five trunks (reported in issue 10)."""
+    cfg = load_config(os.path.join(HERE, "..", "configs", "tiny.yaml"))
+    expected = {"seed0": (380, 300), "seed1": (360, 280), "seed2": (440, 360), "seed3": (340, 260),
+                "seed4": (420, 340)}  # fmt: skip
+    got = {}
+    for seed, curve in _tiny_curves().items():
+        d = replay(cfg.switch.policy, curve=curve, patience=cfg.switch.patience)
+        got[seed] = (d.step, d.from_step)
+    assert got == expected
+
+
+def test_micro_run_switch_record_names_its_label_basis(micro_run):
+    """summary.json's switch says which regime label it stands by: the online one (a plain run's SFT ends at the
+    decision, so no hindsight label exists) and, apart, both labels."""
+    _, rows, summary, _ = micro_run
+    sw = summary["switch"]
+    assert sw["regime_basis"] == "online" and sw["regime"] == sw["regime_online"]
+    assert sw["regime_hindsight"] is None and str(sw["decided_at_step"]) in sw["regime_basis_detail"]
+    (switch_row,) = [r for r in rows if r.get("phase") == "switch"]
+    assert switch_row["regime_basis"] == "online"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -9,14 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from switchpoint.config import from_dict
 from trainers import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
+    RLObjective,
+    aggregate_token_loss,
     avg_at_k,
     get_advantage_estimator,
     get_policy_loss,
     keep_informative_groups,
     pass_at_k,
+    register_objective,
     rl_objective,
     sft_loss,
     summarize_eval,
@@ -24,6 +29,19 @@ from trainers import (
 )
 
 VOCAB = 7
+
+
+def objective_loss(name: str):
+    """The policy loss of objective ``name`` with the objective's own settings (clip range, dual clip,
+    aggregation) as defaults, as the learner calls it."""
+    o = rl_objective(name)
+    return functools.partial(
+        o.loss_fn,
+        clip_low=o.clip_low,
+        clip_high=o.clip_high,
+        clip_ratio_c=o.clip_ratio_c,
+        loss_agg=o.loss_agg,
+    )
 
 
 def _sft_batch(seed: int = 0):
@@ -136,7 +154,7 @@ def _policy_batch():
 @pytest.mark.parametrize("name", ["grpo", "dapo"])
 def test_ratio_one_gives_minus_token_weighted_mean_advantage(name):
     old_logprobs, advantages, mask = _policy_batch()
-    loss, info = get_policy_loss(name)(
+    loss, info = objective_loss(name)(
         old_logprobs.clone(), old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.28
     )
     lengths = mask.sum(dim=1).float()
@@ -150,8 +168,8 @@ def test_ratio_one_gives_minus_token_weighted_mean_advantage(name):
 def test_dr_grpo_divides_by_constant_not_by_token_count():
     old_logprobs, advantages, mask = _policy_batch()
     common = dict(clip_low=0.2, clip_high=0.2)
-    grpo_loss, _ = get_policy_loss("grpo")(old_logprobs.clone(), old_logprobs, advantages, mask, **common)
-    dr_loss, _ = get_policy_loss("dr_grpo")(old_logprobs.clone(), old_logprobs, advantages, mask, **common)
+    grpo_loss, _ = objective_loss("grpo")(old_logprobs.clone(), old_logprobs, advantages, mask, **common)
+    dr_loss, _ = objective_loss("dr_grpo")(old_logprobs.clone(), old_logprobs, advantages, mask, **common)
     token_sum = -(1.5 * 4 - 0.5 * 2)
     assert grpo_loss.item() == pytest.approx(token_sum / 6)
     assert dr_loss.item() == pytest.approx(token_sum / (2 * 4))
@@ -161,7 +179,7 @@ def test_dr_grpo_divides_by_constant_not_by_token_count():
 def _gradient_at_ratio(ratio: float, advantage: float) -> float:
     """d loss / d logprob for one token with the DAPO loss at its default clip range."""
     logprobs = torch.tensor([[math.log(ratio)]], requires_grad=True)
-    loss, _ = get_policy_loss("dapo")(
+    loss, _ = objective_loss("dapo")(
         logprobs, torch.zeros(1, 1), torch.tensor([advantage]), torch.ones(1, 1), clip_low=0.2, clip_high=0.28
     )
     loss.backward()
@@ -183,7 +201,7 @@ def test_dapo_clipping_engages_exactly_at_its_bounds():
 def test_clip_fraction_and_kl_report_the_clipped_tokens():
     old = torch.zeros(1, 4)
     logprobs = torch.log(torch.tensor([[1.0, 1.1, 1.35, 1.5]]))
-    loss, info = get_policy_loss("dapo")(
+    loss, info = objective_loss("dapo")(
         logprobs, old, torch.tensor([1.0]), torch.ones(1, 4), clip_low=0.2, clip_high=0.28
     )
     assert info["clip_fraction"] == pytest.approx(0.5)
@@ -197,19 +215,17 @@ def test_padding_garbage_does_not_leak_into_the_loss():
     old_logprobs, advantages, mask = _policy_batch()
     logprobs = old_logprobs.clone()
     logprobs[1, 2:] = float("-inf")
-    reference, _ = get_policy_loss("grpo")(
+    reference, _ = objective_loss("grpo")(
         old_logprobs.clone(), old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.2
     )
-    loss, info = get_policy_loss("grpo")(
-        logprobs, old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.2
-    )
+    loss, info = objective_loss("grpo")(logprobs, old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.2)
     assert torch.isfinite(loss) and loss.item() == pytest.approx(reference.item())
 
 
 def test_policy_loss_token_scale_gives_global_mean_over_ranks():
     old_logprobs, advantages, mask = _policy_batch()
     logprobs = old_logprobs + torch.tensor([[0.1, -0.05, 0.2, 0.0], [0.03, -0.1, 0.0, 0.0]])
-    loss_fn = get_policy_loss("grpo")
+    loss_fn = objective_loss("grpo")
     full, _ = loss_fn(logprobs, old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.2)
     total = int(mask.sum())
     per_rank = [
@@ -229,7 +245,7 @@ def test_policy_loss_token_scale_gives_global_mean_over_ranks():
 
 def test_policy_loss_rejects_bad_inputs():
     old_logprobs, advantages, mask = _policy_batch()
-    loss_fn = get_policy_loss("dapo")
+    loss_fn = objective_loss("dapo")
     with pytest.raises(ValueError, match="advantages"):
         loss_fn(old_logprobs, old_logprobs, advantages[:1], mask, clip_low=0.2, clip_high=0.28)
     with pytest.raises(ValueError, match="mask"):
@@ -252,7 +268,7 @@ def test_positive_advantage_raises_sampled_token_logprob_after_one_sgd_step():
         return token_logprobs(head(embedding(input_ids)), input_ids)
 
     old = logprobs_now().detach()
-    loss, _ = get_policy_loss("grpo")(logprobs_now(), old, advantages, mask, clip_low=0.2, clip_high=0.2)
+    loss, _ = objective_loss("grpo")(logprobs_now(), old, advantages, mask, clip_low=0.2, clip_high=0.2)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -332,17 +348,206 @@ def test_avg_at_k_and_summary():
 
 
 def test_rl_objectives_map_to_registered_functions():
-    advantage_fn, loss_fn, dynamic = rl_objective("dapo")
-    assert advantage_fn is ADVANTAGE_ESTIMATORS["dapo"] and loss_fn is POLICY_LOSSES["dapo"] and dynamic
+    dapo = rl_objective("dapo")
+    assert dapo.advantage_fn is ADVANTAGE_ESTIMATORS["dapo"] and dapo.loss_fn is POLICY_LOSSES["ppo_clip"]
+    assert dapo.dynamic_sampling and (dapo.clip_low, dapo.clip_high, dapo.clip_ratio_c) == (0.2, 0.28, 10.0)
     for name in ("grpo", "dr_grpo"):
         objective = rl_objective(name)
-        assert objective.loss_fn is POLICY_LOSSES[name] and not objective.uses_dynamic_sampling
+        assert objective.loss_fn is POLICY_LOSSES["ppo_clip"] and not objective.dynamic_sampling
+    assert (
+        rl_objective("dr_grpo").loss_agg == "fixed-length-sum"
+        and rl_objective("grpo").loss_agg == "token-mean"
+    )
+    luffy = rl_objective("luffy")
+    assert (
+        luffy.off_policy_members == 1
+        and luffy.loss_fn is POLICY_LOSSES["luffy"]
+        and luffy.entropy_coef == 0.001
+    )
 
 
 def test_unknown_names_give_a_clear_error():
-    with pytest.raises(ValueError, match="unknown policy loss 'ppo'.*dapo, dr_grpo, grpo"):
+    with pytest.raises(ValueError, match="unknown policy loss 'ppo'.*luffy, ppo_clip"):
         get_policy_loss("ppo")
     with pytest.raises(ValueError, match="unknown advantage estimator 'gae'.*dapo, dr_grpo, grpo"):
         get_advantage_estimator("gae")
     with pytest.raises(ValueError, match="unknown RL objective 'reinforce'"):
         rl_objective("reinforce")
+
+
+# ---------------------------------------------------------------- objectives own their settings (issue 10)
+
+
+def test_dapo_dual_clip_bounds_a_negative_advantage_tokens_loss():
+    # A = -1, ratio 12: the clipped loss is max(12, 1.2) = 12; DAPO's dual clip c = 10 caps it at 10 (no gradient).
+    def grad(name: str) -> float:
+        logprobs = torch.tensor([[math.log(12.0)]], requires_grad=True)
+        loss, info = objective_loss(name)(logprobs, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1))
+        loss.backward()
+        return loss.item(), logprobs.grad.item(), info["clip_fraction"]
+
+    assert grad("dapo") == (pytest.approx(10.0), 0.0, 1.0)
+    assert grad("grpo") == (pytest.approx(12.0), pytest.approx(12.0), 0.0)
+
+
+def test_loss_aggregations_by_hand():
+    # Token losses -A at ratio 1: row 0 four tokens of -1.5, row 1 two tokens of +0.5; a padding row.
+    token_loss = torch.tensor([[-1.5] * 4, [0.5, 0.5, 7.0, 7.0], [9.0] * 4])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]])
+    by_hand = {
+        "token-mean": (-6 + 1) / 6,
+        "seq-mean-token-mean": (-1.5 + 0.5) / 2,
+        "seq-mean-token-sum": (-6 + 1) / 2,
+        "fixed-length-sum": (-6 + 1) / (3 * 4),
+    }
+    for agg, value in by_hand.items():
+        assert aggregate_token_loss(token_loss, mask, agg).item() == pytest.approx(value), agg
+    assert aggregate_token_loss(token_loss, mask, "token-mean", denominator=10.0).item() == pytest.approx(
+        -0.5
+    )
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        aggregate_token_loss(token_loss, mask, "sum")
+
+
+def test_global_count_follows_the_objectives_aggregation():
+    lengths = [4, 2, 0]
+    assert rl_objective("dapo").global_count(lengths, max_tokens=8) == 6
+    assert rl_objective("dr_grpo").global_count(lengths, max_tokens=8) == 3 * 8
+    seq = RLObjective(name="_seq", advantage="grpo", loss_agg="seq-mean-token-mean")
+    assert seq.global_count(lengths, max_tokens=8) == 2
+
+
+def test_a_new_objective_is_one_registration_and_the_config_takes_its_defaults():
+    register_objective(
+        RLObjective(name="_test_clip33", advantage="dr_grpo", clip_low=0.1, clip_high=0.33, clip_ratio_c=3.0)
+    )
+    cfg = from_dict({"rl": {"algorithm": "_test_clip33"}})
+    assert (cfg.rl.clip_low, cfg.rl.clip_high, cfg.rl.clip_ratio_c) == (0.1, 0.33, 3.0)
+    assert from_dict({"rl": {"algorithm": "dapo"}}).rl.clip_high == 0.28
+    assert from_dict({"rl": {"algorithm": "dapo", "clip_high": 0.3}}).rl.clip_high == 0.3  # a key overrides
+    assert from_dict({"rl": {"algorithm": "luffy"}}).rl.clip_ratio_c == 0.0  # no dual clip
+    with pytest.raises(ValueError, match="already registered"):
+        register_objective(RLObjective(name="_test_clip33", advantage="grpo"))
+
+
+def test_luffy_loss_by_hand():
+    """Two sampled rows (clipped PPO) and one expert row (-A * p / (p + 0.1), unclipped), token-mean."""
+    old = torch.log(torch.tensor([[0.4, 0.5], [0.5, 0.5], [0.9, 0.9]]))  # row 2: no behaviour policy; ignored
+    new = torch.log(torch.tensor([[0.6, 0.5], [0.5, 0.5], [0.5, 0.2]])).requires_grad_(True)
+    adv = torch.tensor([1.0, -0.8, 0.6])
+    mask = torch.tensor([[1, 1], [1, 0], [1, 1]])
+    off = torch.tensor([False, False, True])
+    o = rl_objective("luffy")
+    loss, info = o.loss_fn(
+        new, old, adv, mask, clip_low=o.clip_low, clip_high=o.clip_high, loss_agg=o.loss_agg, off_policy=off
+    )
+    # row 0: ratios 1.5 (clipped to 1.2) and 1.0 -> -1.2, -1.0; row 1: ratio 1 -> +0.8;
+    # expert: f(0.5) = 0.5/0.6, f(0.2) = 0.2/0.3 -> -0.6 * 5/6 = -0.5, -0.6 * 2/3 = -0.4. Five tokens.
+    assert loss.item() == pytest.approx((-1.2 - 1.0 + 0.8 - 0.5 - 0.4) / 5)
+    assert info["off_policy_tokens"] == 2 and info["tokens"] == 5
+    assert info["off_policy_prob"] == pytest.approx(0.35)
+    assert info["clip_fraction"] == pytest.approx(1 / 3)  # of the three sampled tokens
+    loss.backward()
+    # d/dlogp of -A p/(p+g) = -A g p / (p+g)^2; the ratio 1.5 token is clipped (0); ratio-1 tokens: -A r.
+    g = 0.1
+    expected = (
+        torch.tensor(
+            [[0.0, -1.0], [0.8, 0.0], [-0.6 * g * 0.5 / (0.5 + g) ** 2, -0.6 * g * 0.2 / (0.2 + g) ** 2]]
+        )
+        / 5
+    )
+    torch.testing.assert_close(new.grad, expected)
+
+
+def test_luffy_off_policy_term_is_not_clipped():
+    # An expert token far above any ratio bound still has a gradient (a clipped loss would give 0 here).
+    new = torch.tensor([[math.log(0.9)]], requires_grad=True)
+    o = rl_objective("luffy")
+    loss, _ = o.loss_fn(new, torch.tensor([[math.log(0.01)]]), torch.tensor([1.0]), torch.ones(1, 1),
+                        clip_low=0.2, clip_high=0.2, off_policy=torch.tensor([True]))  # fmt: skip
+    loss.backward()
+    assert new.grad.item() == pytest.approx(-0.1 * 0.9 / 1.0**2)
+    with pytest.raises(ValueError, match="no off-policy members"):
+        objective_loss("dapo")(
+            new, new.detach(), torch.tensor([1.0]), torch.ones(1, 1), off_policy=torch.tensor([True])
+        )
+
+
+def test_token_entropy_matches_its_definition():
+    from trainers.policy_loss import token_entropy
+
+    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)], [5.0, 5.0]]])
+    ent = token_entropy(logits, torch.tensor([[1, 0]]))
+    assert ent[0, 0].item() == pytest.approx(math.log(2)) and ent[0, 1].item() == 0.0
+
+
+def test_short_batch_policies():
+    from trainers.sampling import ShortBatchError, settle_short_batch
+
+    assert settle_short_batch([1, 2, 3, 4, 5], 4, "error", 10) == [1, 2, 3, 4]  # full: truncated to the batch
+    assert settle_short_batch([1, 2], 4, "partial", 3) == [1, 2]
+    assert settle_short_batch([1, 2], 4, "skip", 3) == []  # no partial batch
+    with pytest.raises(ShortBatchError, match="2 of 4 informative groups after 10 generation rounds"):
+        settle_short_batch([1, 2], 4, "error", 10)
+
+
+def test_overlong_penalty_is_dapos_linear_buffer():
+    from trainers.sampling import overlong_penalty
+
+    assert overlong_penalty(100, max_tokens=100, buffer_len=0, factor=1.0) == 0.0  # off
+    assert overlong_penalty(60, max_tokens=100, buffer_len=40, factor=1.0) == 0.0
+    assert overlong_penalty(70, max_tokens=100, buffer_len=40, factor=1.0) == pytest.approx(-0.25)
+    assert overlong_penalty(100, max_tokens=100, buffer_len=40, factor=0.5) == pytest.approx(-0.5)
+
+
+def test_defaults_start_rl_with_a_new_optimizer_and_learner_logprobs():
+    cfg = from_dict({})
+    assert cfg.learner.reset_optimizer_at_switch is True  # the authors' RL: SFT weights, a new AdamW
+    assert cfg.rl.old_logprobs == "learner"
+    with pytest.raises(ValueError, match="rl.old_logprobs"):
+        from_dict({"rl": {"old_logprobs": "vllm"}})
+    with pytest.raises(ValueError, match="rl.short_batch"):
+        from_dict({"rl": {"short_batch": "drop"}})
+
+
+def test_micro_run_first_update_ratio_is_one(micro_run):
+    """The behaviour log-probs are the learner's own (rl.old_logprobs: learner, the default): at the first
+    update of every RL step the ratio is 1 within 1e-3 for every token, as logged in the RL rows."""
+    _, rows, _, _ = micro_run
+    trained = [r for r in rows if r.get("phase") == "rl" and r.get("loss") is not None]
+    assert trained
+    for r in trained:
+        assert r["old_logprobs"] == "learner"
+        assert 0.0 <= r["ratio_max_dev_first_update"] < 1e-3, r
+
+
+def test_srft_loss_by_hand():
+    """Positive sample weighted 0.1 exp(H), negative one plain, expert: LUFFY term + 0.5 exp(-H) * NLL."""
+    old = torch.log(torch.tensor([[0.3], [0.6], [0.9]]))
+    new = torch.log(torch.tensor([[0.3], [0.6], [0.5]]))  # ratio 1 on the sampled rows
+    adv = torch.tensor([1.0, -0.5, 0.5])
+    entropy = torch.tensor(
+        [[0.3], [0.5], [2.0]]
+    )  # H = mean over sampled tokens = 0.4 (the expert's not counted)
+    o = rl_objective("srft")
+    assert o.uses_entropy and o.off_policy_members == 1
+    loss, info = o.loss_fn(new, old, adv, torch.ones(3, 1), clip_low=0.2, clip_high=0.2,
+                           off_policy=torch.tensor([False, False, True]), entropy=entropy)  # fmt: skip
+    w1, w2 = 0.5 * math.exp(-0.4), 0.1 * math.exp(0.4)
+    expected = (w2 * -1.0 + 0.5 + (-0.5 * 0.5 / 0.6 + w1 * -math.log(0.5))) / 3
+    assert loss.item() == pytest.approx(expected)
+    assert info["sft_weight"] == pytest.approx(w1) and info["positive_weight"] == pytest.approx(w2)
+    with pytest.raises(ValueError, match="entropy"):
+        o.loss_fn(new, old, adv, torch.ones(3, 1), clip_low=0.2, clip_high=0.2)
+
+
+def test_upt_loss_by_hand():
+    """A sampled row with the clipped loss, an expert row (a group with no correct completion) with SFT."""
+    old = torch.log(torch.tensor([[0.4], [0.9]]))
+    new = torch.log(torch.tensor([[0.4], [0.25]]))
+    o = rl_objective("upt")
+    assert o.expert_fallback and o.needs_expert and not o.off_policy_members
+    loss, info = o.loss_fn(new, old, torch.tensor([0.5, 0.0]), torch.ones(2, 1), clip_low=0.2, clip_high=0.2,
+                           off_policy=torch.tensor([False, True]))  # fmt: skip
+    assert loss.item() == pytest.approx((-0.5 + -math.log(0.25)) / 2)
+    assert info["off_policy_tokens"] == 1

@@ -1,46 +1,135 @@
-"""RL algorithms as (advantage estimator, policy loss, dynamic sampling) triples.
+"""RL objectives: everything one algorithm decides, in one record, kept in a registry (veRL style).
 
-The config names one algorithm; this is the one place that says which advantage
-estimator and which policy loss it uses, and whether it drops uninformative groups.
+An objective names its advantage estimator and policy loss and owns its knobs: clip range and dual clip
+defaults, how the loss is aggregated over tokens and sequences, whether it uses dynamic sampling, how many
+off-policy members (expert trajectories) each group holds, its entropy bonus, and its FLOPs formula. The
+config, the learner and the RL step ask the objective; none of them branches on an algorithm's name.
+Adding an algorithm is one file in trainers/ that calls register_objective(...), imported by
+trainers/__init__.py.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+from plasticity.flops import dapo_step_flops, grpo_step_flops
 from trainers.advantages import AdvantageFn, get_advantage_estimator
-from trainers.policy_loss import PolicyLossFn, get_policy_loss
+from trainers.policy_loss import LOSS_AGGREGATIONS, PolicyLossFn, get_policy_loss
 
-# algorithm -> (advantage estimator name, policy loss name)
-RL_OBJECTIVES: dict[str, tuple[str, str]] = {
-    "grpo": ("grpo", "grpo"),
-    "dapo": ("dapo", "dapo"),
-    "dr_grpo": ("dr_grpo", "dr_grpo"),
-}
-
-# Algorithms that drop groups whose rewards are all equal (trainers.sampling).
-DYNAMIC_SAMPLING_OBJECTIVES = frozenset({"dapo"})
+FlopsFn = Callable[[Mapping, int, int, int, float], float]
 
 
-class RLObjective(NamedTuple):
-    """What the learner needs for one RL algorithm; unpacks as a 3-tuple."""
+def on_policy_flops(
+    hf_config: Mapping, generated_prompts: int, kept_groups: int, group: int, seq: float
+) -> float:
+    """GRPO accounting (Appendix E): 4 * B * G * S * F on the groups trained."""
+    del generated_prompts
+    return grpo_step_flops(hf_config, kept_groups, group, seq) if kept_groups else 0.0
 
-    advantage_fn: AdvantageFn
-    """Rewards [num_groups, G] -> advantages [num_groups, G]."""
-    loss_fn: PolicyLossFn
-    """Clipped policy loss over response tokens (see trainers.policy_loss)."""
-    uses_dynamic_sampling: bool
-    """Whether to keep only groups whose rewards differ (DAPO)."""
+
+def dynamic_sampling_flops(
+    hf_config: Mapping, generated_prompts: int, kept_groups: int, group: int, seq: float
+) -> float:
+    """DAPO accounting (Appendix E): (K * B_gen + 3 * B_train) * G * S * F, K generated over all rounds."""
+    return dapo_step_flops(hf_config, generated_prompts, kept_groups, group, seq)
+
+
+@dataclass(frozen=True)
+class RLObjective:
+    """One RL algorithm's settings; `rl.*` config keys left at 0 / empty take these."""
+
+    name: str
+    """Registry name, the value of `rl.algorithm`."""
+    advantage: str
+    """Advantage estimator (trainers.advantages registry)."""
+    policy_loss: str = "ppo_clip"
+    """Policy loss (trainers.policy_loss registry)."""
+    clip_low: float = 0.2
+    """Default lower clip: ratio >= 1 - clip_low."""
+    clip_high: float = 0.2
+    """Default upper clip: ratio <= 1 + clip_high."""
+    clip_ratio_c: float = 0.0
+    """Default dual clip (> 1) bounding a negative-advantage token's loss at -c * A; 0: off."""
+    loss_agg: str = "token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum | fixed-length-sum (see aggregate_token_loss)."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal and generate more (DAPO)."""
+    off_policy_members: int = 0
+    """Expert trajectories per group, in place of that many sampled completions (LUFFY: 1)."""
+    expert_fallback: bool = False
+    """A group none of whose completions is correct is replaced by its expert trajectory, flagged off-policy
+    (UPT trains it with the SFT loss)."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (subtracted from the loss, aggregated like it); 0: none."""
+    uses_entropy: bool = False
+    """The policy loss takes the token entropy (`entropy=`), e.g. for entropy-dependent weights (SRFT)."""
+    flops: FlopsFn = on_policy_flops
+    """RL step FLOPs from (hf_config, prompts generated, groups trained, group size, mean sequence length)."""
+
+    def __post_init__(self) -> None:
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(f"objective {self.name!r}: unknown loss_agg {self.loss_agg!r}")
+
+    @property
+    def needs_expert(self) -> bool:
+        """Whether RL rows must carry the expert trajectory (their `response`)."""
+        return bool(self.off_policy_members) or self.expert_fallback
+
+    @property
+    def advantage_fn(self) -> AdvantageFn:
+        """Rewards [num_groups, G] -> advantages [num_groups, G]."""
+        return get_advantage_estimator(self.advantage)
+
+    @property
+    def loss_fn(self) -> PolicyLossFn:
+        """The policy loss (see trainers.policy_loss for its signature)."""
+        return get_policy_loss(self.policy_loss)
+
+    def global_count(self, response_lengths: list[int], max_tokens: int) -> float:
+        """The loss's global denominator over a whole update batch (all ranks): response tokens for
+        token-mean, sequences with a response for the seq-mean ones, sequences x max_tokens for
+        fixed-length-sum. Each rank divides its sum by this / world size."""
+        if self.loss_agg == "token-mean":
+            count = sum(response_lengths)
+        elif self.loss_agg == "fixed-length-sum":
+            count = len(response_lengths) * max_tokens
+        else:
+            count = sum(1 for n in response_lengths if n > 0)
+        return float(max(count, 1))
+
+
+RL_OBJECTIVES: dict[str, RLObjective] = {}
+
+
+def register_objective(objective: RLObjective) -> RLObjective:
+    """Add an objective to RL_OBJECTIVES under its name; its advantage and loss must be registered."""
+    if objective.name in RL_OBJECTIVES:
+        raise ValueError(f"RL objective {objective.name!r} is already registered")
+    objective.advantage_fn, objective.loss_fn  # noqa: B018  (fail at registration, not mid-run)
+    RL_OBJECTIVES[objective.name] = objective
+    return objective
 
 
 def rl_objective(name: str) -> RLObjective:
-    """(advantage_fn, loss_fn, uses_dynamic_sampling) of algorithm ``name``."""
+    """The objective registered as ``name``; ValueError listing the known names otherwise."""
     if name not in RL_OBJECTIVES:
         known = ", ".join(sorted(RL_OBJECTIVES))
         raise ValueError(f"unknown RL objective {name!r}; known: {known}")
-    advantage_name, loss_name = RL_OBJECTIVES[name]
-    return RLObjective(
-        advantage_fn=get_advantage_estimator(advantage_name),
-        loss_fn=get_policy_loss(loss_name),
-        uses_dynamic_sampling=name in DYNAMIC_SAMPLING_OBJECTIVES,
+    return RL_OBJECTIVES[name]
+
+
+register_objective(RLObjective(name="grpo", advantage="grpo"))
+# The paper's RL (veRL DAPO recipe): clip 0.2 / 0.28, dual clip 10, token-mean, dynamic sampling.
+register_objective(
+    RLObjective(
+        name="dapo",
+        advantage="dapo",
+        clip_high=0.28,
+        clip_ratio_c=10.0,
+        dynamic_sampling=True,
+        flops=dynamic_sampling_flops,
     )
+)
+# Dr.GRPO: no std normalisation, no length normalisation (a constant denominator).
+register_objective(RLObjective(name="dr_grpo", advantage="dr_grpo", loss_agg="fixed-length-sum"))

@@ -1,16 +1,15 @@
 """Token log-probabilities and clipped policy-gradient losses, in a registry as in veRL.
 
 Every policy loss has the signature
-``fn(logprobs, old_logprobs, advantages, mask, *, clip_low, clip_high, token_scale=1.0)``
-with logprobs/old_logprobs/mask shaped [B, T'] over response tokens and advantages
-shaped [B] (one per sequence, broadcast to its tokens). It returns (loss, info) with
-info = {"loss", "clip_fraction", "approx_kl", "ratio_mean", "tokens"}; all but "loss"
-are masked token means over this batch, for logging only.
+``fn(logprobs, old_logprobs, advantages, mask, *, clip_low, clip_high, clip_ratio_c, loss_agg,
+normalizer=None, token_scale=1.0, off_policy=None)``
+with logprobs/old_logprobs/mask shaped [B, T'] over response tokens, advantages shaped [B]
+(one per sequence, broadcast to its tokens) and off_policy a bool [B] marking off-policy
+members (expert trajectories). It returns (loss, info) with info = {"loss", "clip_fraction",
+"approx_kl", "ratio_mean", "ratio_max_dev", "tokens", ...}; all but "loss" are for logging.
 
-The losses differ only in clip range defaults and in what the token sum is divided by:
-GRPO and DAPO divide by the number of response tokens in the batch (token-level
-aggregation); Dr.GRPO divides by the constant B * T' so that a long answer's tokens
-weigh as much as a short answer's (no length normalisation).
+Which loss, clip range and aggregation an algorithm uses is its objective's business
+(trainers/objectives.py), so the values passed here come from there.
 """
 
 from __future__ import annotations
@@ -68,6 +67,17 @@ def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
     return torch.stack(rows)
 
 
+def token_entropy(logits: Tensor, mask: Tensor) -> Tensor:
+    """Entropy of the next-token distribution at every response position: logits [B, T, V] -> [B, T - 1]
+    (matching token_logprobs), computed one sequence at a time in float32; 0 where mask is 0."""
+    rows = []
+    for row_logits, row_mask in zip(logits[:, :-1], mask, strict=True):
+        logp = torch.log_softmax(row_logits.float(), dim=-1)
+        ent = -(logp.exp() * logp).sum(dim=-1)
+        rows.append(torch.where(row_mask.bool(), ent, torch.zeros_like(ent)))
+    return torch.stack(rows)
+
+
 def _check_policy_inputs(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -94,6 +104,94 @@ def _check_policy_inputs(
         raise ValueError(f"clip_high must be >= 0, got {clip_high}")
 
 
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "fixed-length-sum")
+
+
+def aggregate_token_loss(
+    token_loss: Tensor, mask: Tensor, loss_agg: str, denominator: float | None = None
+) -> Tensor:
+    """Masked per-token losses [B, T'] -> one scalar, as veRL's agg_loss:
+
+    - token-mean: sum over every response token / number of response tokens (DAPO, GRPO here);
+    - seq-mean-token-mean: each sequence's token mean, averaged over sequences (the original GRPO);
+    - seq-mean-token-sum: each sequence's token sum, averaged over sequences;
+    - fixed-length-sum: sum over tokens / (sequences x a fixed length) (Dr.GRPO: no length normalisation).
+
+    ``denominator`` replaces the local count (tokens; sequences; B * T') so that data-parallel ranks divide by
+    the global count / world size and their mean is the global loss. Sequences without a response token
+    (padding rows) count for nothing.
+    """
+    if loss_agg not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {loss_agg!r}; known: {', '.join(LOSS_AGGREGATIONS)}")
+    token_mask = mask.bool()
+    masked = torch.where(token_mask, token_loss, torch.zeros_like(token_loss))
+    seq_tokens = token_mask.sum(dim=1)
+    if loss_agg == "token-mean":
+        total, local = masked.sum(), float(seq_tokens.sum())
+    elif loss_agg == "seq-mean-token-mean":
+        total = (masked.sum(dim=1) / seq_tokens.clamp(min=1)).sum()
+        local = float((seq_tokens > 0).sum())
+    elif loss_agg == "seq-mean-token-sum":
+        total, local = masked.sum(), float((seq_tokens > 0).sum())
+    else:
+        total, local = masked.sum(), float(mask.numel())
+    return total / max(denominator if denominator is not None else local, 1e-12)
+
+
+def clipped_token_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    clip_ratio_c: float = 0.0,
+) -> tuple[Tensor, dict]:
+    """Per-token PPO loss -min(r * A, clip(r, 1 - clip_low, 1 + clip_high) * A) [B, T'], with the dual clip
+    (clip_ratio_c > 1) that bounds a negative-advantage token's loss by -c * A. Returns the token losses and
+    the tensors the statistics need (ratio, log_ratio, clipped)."""
+    _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
+    if clip_ratio_c and clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c (dual clip) must be > 1 or 0 (off), got {clip_ratio_c}")
+    token_mask = mask.bool()
+    # Padding positions may hold garbage logprobs (even -inf); where() keeps them out of
+    # exp() and the sum so that they cannot turn the loss into NaN.
+    log_ratio = torch.where(token_mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
+    log_ratio = log_ratio.clamp(-MAX_ABS_LOG_RATIO, MAX_ABS_LOG_RATIO)
+    ratio = torch.exp(log_ratio)
+    token_advantages = advantages.detach().to(ratio.dtype).unsqueeze(1).expand_as(ratio)
+    unclipped_loss = -token_advantages * ratio
+    clipped_loss = -token_advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    token_loss = torch.maximum(unclipped_loss, clipped_loss)
+    clipped = clipped_loss > unclipped_loss  # clipping engaged: zero gradient there
+    if clip_ratio_c:
+        dual = -token_advantages * clip_ratio_c
+        dual_clipped = (token_advantages < 0) & (token_loss > dual)
+        token_loss = torch.where(token_advantages < 0, torch.minimum(token_loss, dual), token_loss)
+        clipped = clipped | dual_clipped
+    return token_loss, {"ratio": ratio, "log_ratio": log_ratio, "clipped": clipped}
+
+
+def policy_stats(loss: Tensor, mask: Tensor, ratio: Tensor, log_ratio: Tensor, clipped: Tensor) -> dict:
+    """Logging info of a policy loss: masked token means over this batch, and max |ratio - 1|."""
+    token_mask = mask.bool()
+    with torch.no_grad():
+        # k3 estimator of KL(old || new) on samples from the old policy: r - 1 - log r.
+        return {
+            "loss": float(loss.item()),
+            "clip_fraction": float(clipped[token_mask].float().mean().item()),
+            "approx_kl": float((ratio - 1.0 - log_ratio)[token_mask].mean().item()),
+            "ratio_mean": float(ratio[token_mask].mean().item()),
+            "ratio_max_dev": float((ratio - 1.0)[token_mask].abs().max().item()),
+            "tokens": int(token_mask.sum().item()),
+        }
+
+
+EMPTY_INFO = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "ratio_mean": 1.0, "ratio_max_dev": 0.0,
+              "tokens": 0}  # fmt: skip
+
+
 def clipped_surrogate_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -102,121 +200,38 @@ def clipped_surrogate_loss(
     *,
     clip_low: float,
     clip_high: float,
-    token_scale: float,
-    normalizer: float | None,
+    token_scale: float = 1.0,
+    normalizer: float | None = None,
+    clip_ratio_c: float = 0.0,
+    loss_agg: str = "token-mean",
+    off_policy: Tensor | None = None,
+    entropy: Tensor | None = None,
 ) -> tuple[Tensor, dict]:
-    """PPO clipped surrogate -min(r * A, clip(r, 1 - clip_low, 1 + clip_high) * A), summed over
-    response tokens and divided by ``normalizer`` (None: the number of response tokens),
-    then multiplied by ``token_scale``.
+    """PPO clipped surrogate per token, aggregated by ``loss_agg`` (``normalizer``: the global denominator
+    divided by the world size, None: this batch's own count), then multiplied by ``token_scale``.
+
+    ``off_policy`` (bool [B]) is accepted so every policy loss has one signature; a clipped loss has no
+    off-policy member, so any True there is an error. ``entropy`` is accepted and unused.
     """
+    del entropy
+    if off_policy is not None and bool(off_policy.any()):
+        raise ValueError("this policy loss has no off-policy members; use an objective that declares them")
     _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
-    token_mask = mask.bool()
-    tokens = int(token_mask.sum().item())
-    if tokens == 0:
-        empty_info = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "ratio_mean": 1.0, "tokens": 0}
-        return logprobs.sum() * 0.0, empty_info
-
-    # Padding positions may hold garbage logprobs (even -inf); where() keeps them out of
-    # exp() and the sum so that they cannot turn the loss into NaN.
-    log_ratio = torch.where(token_mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
-    log_ratio = log_ratio.clamp(-MAX_ABS_LOG_RATIO, MAX_ABS_LOG_RATIO)
-    ratio = torch.exp(log_ratio)
-    token_advantages = advantages.detach().to(ratio.dtype).unsqueeze(1).expand_as(ratio)
-
-    unclipped_loss = -token_advantages * ratio
-    clipped_loss = -token_advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    token_loss = torch.maximum(unclipped_loss, clipped_loss)
-    loss_sum = torch.where(token_mask, token_loss, torch.zeros_like(token_loss)).sum()
-    loss = loss_sum / (tokens if normalizer is None else normalizer) * token_scale
-
-    with torch.no_grad():
-        # Clipping engaged where the clipped branch was the larger loss: zero gradient there.
-        clip_fraction = (clipped_loss > unclipped_loss)[token_mask].float().mean()
-        # k3 estimator of KL(old || new) on samples from the old policy: r - 1 - log r.
-        approx_kl = (ratio - 1.0 - log_ratio)[token_mask].mean()
-        ratio_mean = ratio[token_mask].mean()
-    info = {
-        "loss": float(loss.item()),
-        "clip_fraction": float(clip_fraction.item()),
-        "approx_kl": float(approx_kl.item()),
-        "ratio_mean": float(ratio_mean.item()),
-        "tokens": tokens,
-    }
-    return loss, info
-
-
-@register_policy_loss("grpo")
-def grpo_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    token_scale: float = 1.0,
-) -> tuple[Tensor, dict]:
-    """GRPO: symmetric clip by default, token-level mean over the batch's response tokens."""
-    return clipped_surrogate_loss(
+    if int(mask.bool().sum()) == 0:
+        return logprobs.sum() * 0.0, dict(EMPTY_INFO)
+    token_loss, parts = clipped_token_loss(
         logprobs,
         old_logprobs,
         advantages,
         mask,
         clip_low=clip_low,
         clip_high=clip_high,
-        token_scale=token_scale,
-        normalizer=None,
+        clip_ratio_c=clip_ratio_c,
     )
+    loss = aggregate_token_loss(token_loss, mask, loss_agg, normalizer) * token_scale
+    return loss, policy_stats(loss, mask, **parts)
 
 
-@register_policy_loss("dapo")
-def dapo_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.28,
-    token_scale: float = 1.0,
-) -> tuple[Tensor, dict]:
-    """DAPO: decoupled clip (1 - 0.2, 1 + 0.28) by default ("clip-higher"), token-level mean, no KL."""
-    return clipped_surrogate_loss(
-        logprobs,
-        old_logprobs,
-        advantages,
-        mask,
-        clip_low=clip_low,
-        clip_high=clip_high,
-        token_scale=token_scale,
-        normalizer=None,
-    )
-
-
-@register_policy_loss("dr_grpo")
-def dr_grpo_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    token_scale: float = 1.0,
-) -> tuple[Tensor, dict]:
-    """Dr.GRPO: token sum divided by the constant B * T' (mask.shape), not by response lengths.
-
-    Across data-parallel ranks the constant is only shared when every rank pads to the
-    same T'; otherwise the caller corrects with token_scale.
-    """
-    # mask is checked to be [B, T'] before the normalizer is used, so numel() is B * T'.
-    return clipped_surrogate_loss(
-        logprobs,
-        old_logprobs,
-        advantages,
-        mask,
-        clip_low=clip_low,
-        clip_high=clip_high,
-        token_scale=token_scale,
-        normalizer=float(mask.numel()),
-    )
+# The one clipped loss GRPO, DAPO and Dr.GRPO share: they differ in the settings their objective passes
+# (trainers/objectives.py: clip range, dual clip, aggregation), not in code.
+register_policy_loss("ppo_clip")(clipped_surrogate_loss)

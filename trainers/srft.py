@@ -1,0 +1,96 @@
+"""SRFT (Fu et al. 2025), as the paper's synchronized baseline runs it (Unify-Post-Training settings).
+
+Groups as LUFFY's: G - 1 sampled completions and one expert trajectory. Three terms, one token-mean:
+- the expert trajectory: LUFFY's off-policy term -A * p / (p + 0.1) plus an SFT term w1 * (-log p), with
+  w1 = 0.5 * exp(-H);
+- sampled completions: the clipped PPO loss, those with a positive advantage weighted w2 = 0.1 * exp(H);
+H is the policy's mean token entropy over the sampled completions, detached (a weight, not a target).
+Here all terms share one token-mean over the batch's response tokens (SRFT averages its SFT term over the
+expert tokens alone; with one expert per group of short completions the two differ by the tokens' share).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from trainers.luffy import SHAPING_GAMMA, shaped_probability
+from trainers.objectives import RLObjective, register_objective
+from trainers.policy_loss import (
+    EMPTY_INFO,
+    _check_policy_inputs,
+    aggregate_token_loss,
+    clipped_token_loss,
+    policy_stats,
+    register_policy_loss,
+)
+
+SFT_WEIGHT, POSITIVE_WEIGHT = 0.5, 0.1
+
+
+@register_policy_loss("srft")
+def srft_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    clip_ratio_c: float = 0.0,
+    loss_agg: str = "token-mean",
+    normalizer: float | None = None,
+    token_scale: float = 1.0,
+    off_policy: Tensor | None = None,
+    entropy: Tensor | None = None,
+) -> tuple[Tensor, dict]:
+    """SRFT's loss; ``entropy`` [B, T'] is the policy's token entropy (needed for the weights)."""
+    _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
+    if entropy is None or entropy.shape != logprobs.shape:
+        raise ValueError("srft needs the token entropy [batch, response_len] of the policy")
+    token_mask = mask.bool()
+    if int(token_mask.sum()) == 0:
+        return logprobs.sum() * 0.0, dict(EMPTY_INFO)
+    off = torch.zeros_like(advantages, dtype=torch.bool) if off_policy is None else off_policy.bool()
+    off_rows = off.to(logprobs.device).unsqueeze(1).expand_as(token_mask)
+    on_mask = token_mask & ~off_rows
+    h = float(entropy.detach()[on_mask].mean()) if bool(on_mask.any()) else 0.0
+    w1, w2 = SFT_WEIGHT * math.exp(-h), POSITIVE_WEIGHT * math.exp(h)
+    on_loss, parts = clipped_token_loss(
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        clip_ratio_c=clip_ratio_c,
+    )
+    positive = (advantages > 0).to(logprobs.device).unsqueeze(1).expand_as(on_loss)
+    on_loss = torch.where(positive, w2 * on_loss, on_loss)
+    safe = torch.where(token_mask, logprobs, torch.zeros_like(logprobs))
+    token_adv = advantages.detach().to(logprobs.dtype).unsqueeze(1).expand_as(logprobs)
+    off_loss = -token_adv * shaped_probability(safe, SHAPING_GAMMA) + w1 * (-safe)
+    loss = (
+        aggregate_token_loss(torch.where(off_rows, off_loss, on_loss), mask, loss_agg, normalizer)
+        * token_scale
+    )
+    info = (
+        policy_stats(loss, on_mask, **parts) if bool(on_mask.any()) else {**EMPTY_INFO, "loss": float(loss)}
+    )
+    info.update(tokens=int(token_mask.sum()), off_policy_tokens=int((token_mask & off_rows).sum()))
+    info.update(sft_weight=w1, positive_weight=w2)
+    return loss, info
+
+
+register_objective(
+    RLObjective(
+        name="srft",
+        advantage="dr_grpo",  # group mean-centred over the mixed group, no std normalisation
+        policy_loss="srft",
+        off_policy_members=1,
+        entropy_coef=0.001,
+        uses_entropy=True,
+    )
+)
