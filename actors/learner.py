@@ -171,7 +171,7 @@ class LearnerRank:
             w = float(info.get("tokens", 1.0))
             weight += w
             for k, v in info.items():
-                if k in ("loss", "tokens", "off_policy_tokens"):
+                if k in ("loss", "tokens", "off_policy_tokens", "demo_tokens_trained"):  # counts
                     sums[k] = sums.get(k, 0.0) + float(v)
                 elif k.endswith("_max_dev"):
                     maxima[k] = max(maxima.get(k, 0.0), float(v))
@@ -244,8 +244,13 @@ class LearnerRank:
         else:
             old = new.detach()
         adv = torch.tensor(micro["advantages"], dtype=torch.float32, device=self.device)
-        flags = micro.get("off_policy") or []
-        off_policy = torch.tensor([b < len(flags) and bool(flags[b]) for b in range(len(ids))])
+        # off_policy: per row, how many leading response tokens are not the policy's own (an expert
+        # trajectory: all of them; a hybrid: its expert prefix) -> a token mask.
+        off_policy = torch.zeros_like(resp_mask, dtype=torch.bool)
+        for b, count in enumerate(micro.get("off_policy") or []):
+            if count and 1 in micro["loss_mask"][b]:
+                start = micro["loss_mask"][b].index(1) - 1
+                off_policy[b, start : start + int(count)] = True
         # Each rank divides by the global count / world size; DeepSpeed's gradient average makes it global.
         denominator = global_count / self.world_size
         entropy = None

@@ -124,6 +124,36 @@ class RLStepper:
             "expert": 1,
         }
 
+    def _hybrids(self, rows: list[dict], i: int, rnd: int) -> list[list[dict]]:
+        """Per row, the objective's hybrid members: an expert prefix (its share drawn by the objective at this
+        point of the RL run), then the policy's own continuation, cut to max_tokens in all."""
+        n = self.objective.prefix_members
+        if not n:
+            return [[] for _ in rows]
+        cap, progress = self.cfg.rollout.max_tokens, i / max(1, self.cfg.rl.steps)
+        rng = random.Random((self.cfg.run.seed * 100_003 + i) * 7 + rnd)
+        experts = [self._expert_member(r)["token_ids"] for r in rows for _ in range(n)]
+        cuts = [
+            min(len(e) - 1, max(1, round(self.objective.prefix_ratio(progress, rng) * len(e))))
+            for e in experts
+        ]
+        prompts = [p for p in self._encode(rows) for _ in range(n)]
+        conts = self._generate(
+            [p + e[:k] for p, e, k in zip(prompts, experts, cuts)],
+            1,
+            self.cfg.rollout.temperature,
+            rng.getrandbits(31),
+        )
+        members = []
+        for e, k, c in zip(experts, cuts, conts):
+            s = c["samples"][0]
+            ids = (e[:k] + s["token_ids"])[:cap]
+            lps = None if s["logprobs"] is None else ([0.0] * k + s["logprobs"])[:cap]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            members.append({"token_ids": ids, "logprobs": lps, "text": text, "finish_reason": s["finish_reason"],
+                            "prefix_len": k})  # fmt: skip
+        return [members[j * n : (j + 1) * n] for j in range(len(rows))]
+
     def _overlong_penalty(self, sample: dict) -> float:
         """DAPO's soft overlong punishment (0 when rl.overlong_buffer_len is 0)."""
         if sample.get("expert"):
@@ -144,7 +174,7 @@ class RLStepper:
         t_gen = t_ver = 0.0
         kept_outs, kept_scores, all_scores, statuses = [], [], [], defaultdict(int)
         generated_prompts = gen_tokens = prompt_tokens = 0
-        n_sampled = cfg.rl.group_size - objective.off_policy_members
+        n_sampled = cfg.rl.group_size - objective.off_policy_members - objective.prefix_members
         for rnd in range(cfg.rl.max_gen_rounds if objective.dynamic_sampling else 1):
             need = cfg.rl.prompts_per_step - len(kept_outs)
             rows = self._next_prompts(
@@ -158,8 +188,8 @@ class RLStepper:
             )
             t_gen += time.perf_counter() - t
             gen_tokens += sum(len(s["token_ids"]) for o in outs for s in o["samples"])
-            for o, r in zip(outs, rows):
-                o["samples"] += [self._expert_member(r) for _ in range(objective.off_policy_members)]
+            for o, r, h in zip(outs, rows, self._hybrids(rows, i, rnd)):
+                o["samples"] += [self._expert_member(r) for _ in range(objective.off_policy_members)] + h
                 if objective.expert_fallback:
                     o["expert_member"] = self._expert_member(r)
             t = time.perf_counter()
@@ -234,7 +264,13 @@ class RLStepper:
                 updates=len(outs),
                 tokens=int(sum(o.get("tokens", 0) for o in outs)),
             )
-            for key in ("entropy", "off_policy_tokens", "off_policy_prob"):
+            for key in (
+                "entropy",
+                "off_policy_tokens",
+                "off_policy_prob",
+                "sft_weight",
+                "demo_tokens_trained",
+            ):
                 if key in outs[0]:
                     row[key] = outs[0][key]
         else:
@@ -273,7 +309,10 @@ class RLStepper:
                 batch["loss_mask"].append([0] * len(p) + [0 if cut else 1] * len(smp["token_ids"]))
                 batch["advantages"].append(a_j)
                 batch["old_logprobs"].append(smp["logprobs"] or [])
-                batch["off_policy"].append(int(bool(smp.get("expert"))))
+                # Leading response tokens that are not the policy's own: all of an expert's, a hybrid's prefix.
+                batch["off_policy"].append(
+                    len(smp["token_ids"]) if smp.get("expert") else smp.get("prefix_len", 0)
+                )
         if self.cfg.rl.old_logprobs == "engine" and any(
             not lp and not off for lp, off in zip(batch["old_logprobs"], batch["off_policy"])
         ):
@@ -318,7 +357,7 @@ class RLStepper:
                 continue
             if key.endswith("_max_dev"):
                 out[key] = max(r.get(key, 0.0) for r in res)
-            elif key == "off_policy_tokens":
+            elif key in ("off_policy_tokens", "demo_tokens_trained"):  # counts
                 out[key] = sum(r.get(key, 0.0) for r in res)
             else:
                 out[key] = sum(r.get(key, 0.0) * r.get("tokens", 0.0) for r in res) / weight

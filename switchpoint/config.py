@@ -188,7 +188,8 @@ class RolloutConfig:
 @dataclass
 class RLConfig:
     algorithm: str = "dapo"
-    """An RL objective of trainers/ (dapo | grpo | dr_grpo | luffy | srft | upt); it owns the clip defaults, the loss
+    """An RL objective of trainers/ (dapo | grpo | dr_grpo | luffy | srft | upt |
+    prefix_rft); it owns the clip defaults, the loss
     aggregation, dynamic sampling, off-policy members and the FLOPs formula."""
     steps: int = 40
     """RL optimizer steps."""
@@ -498,10 +499,10 @@ def _validate(cfg: Config) -> Config:
         )
     if cfg.rl.clip_ratio_c and cfg.rl.clip_ratio_c <= 1:
         raise ConfigError(f"config key 'rl.clip_ratio_c' must be > 1 (dual clip), got {cfg.rl.clip_ratio_c}")
-    if objective.off_policy_members >= cfg.rl.group_size:
+    if objective.off_policy_members + objective.prefix_members >= cfg.rl.group_size:
         raise ConfigError(
             f"config key 'rl.group_size' ({cfg.rl.group_size}) must exceed the {cfg.rl.algorithm} objective's "
-            f"{objective.off_policy_members} off-policy member(s) per group"
+            f"{objective.off_policy_members + objective.prefix_members} expert or hybrid member(s) per group"
         )
     for key in ("betas", "rl_betas"):
         betas = getattr(cfg.learner, key)

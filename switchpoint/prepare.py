@@ -145,7 +145,7 @@ def load_splits(cfg: Config) -> tuple[Splits, dict[str, str]]:
     }
     from trainers.objectives import rl_objective
 
-    if rl_objective(cfg.rl.algorithm).needs_expert:  # LUFFY, SRFT, UPT: RL groups use the expert trajectory
+    if rl_objective(cfg.rl.algorithm).needs_expert:  # LUFFY & co.: RL groups use the expert trajectory
         need["rl"] = ("prompt", "answer", "response")
     rows = {}
     for name, path in paths.items():

@@ -551,3 +551,33 @@ def test_upt_loss_by_hand():
                            off_policy=torch.tensor([False, True]))  # fmt: skip
     assert loss.item() == pytest.approx((-0.5 + -math.log(0.25)) / 2)
     assert info["off_policy_tokens"] == 1
+
+
+def test_prefix_rft_loss_by_hand():
+    """Dr.GRPO sum over B x T'; of the two demonstration tokens only the higher-entropy one (top 20%) is trained."""
+    new = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.4, 0.3, 0.2]])).requires_grad_(True)
+    old = new.detach().clone()
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    demo = torch.tensor([[False, False, False], [True, True, False]])  # the hybrid's 2-token expert prefix
+    entropy = torch.tensor([[1.0, 1.0, 0.0], [0.1, 0.9, 0.5]])
+    o = rl_objective("prefix_rft")
+    assert o.prefix_members == 1 and o.loss_agg == "fixed-length-sum" and o.uses_entropy and o.needs_expert
+    loss, info = o.loss_fn(new, old, torch.tensor([1.0, 0.5]), mask, clip_low=0.2, clip_high=0.2,
+                           loss_agg=o.loss_agg, off_policy=demo, entropy=entropy)  # fmt: skip
+    assert loss.item() == pytest.approx((-1.0 - 1.0 + 0.0 - 0.5 - 0.5) / 6)
+    assert info["off_policy_tokens"] == 2 and info["demo_tokens_trained"] == 1
+    loss.backward()
+    assert new.grad[1, 0].item() == 0.0 and new.grad[1, 1].item() == pytest.approx(-0.5 / 6)
+
+
+def test_prefix_ratio_decays_from_95_to_5_percent():
+    import random
+
+    from trainers.prefix_rft import prefix_ratio
+
+    rng = random.Random(0)
+    assert prefix_ratio(0.0, rng) == pytest.approx(0.95)  # lower bound = upper bound at the start
+    late = [prefix_ratio(1.0, rng) for _ in range(200)]
+    assert 0.05 <= min(late) < 0.15 and 0.85 < max(late) <= 0.95
+    mid = [prefix_ratio(0.5, rng) for _ in range(200)]
+    assert min(mid) >= 0.5 - 1e-9  # the cosine is halfway: low = 0.5

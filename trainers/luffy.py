@@ -19,6 +19,7 @@ from trainers.policy_loss import (
     _check_policy_inputs,
     aggregate_token_loss,
     clipped_token_loss,
+    off_policy_tokens,
     policy_stats,
     register_policy_loss,
 )
@@ -53,10 +54,7 @@ def luffy_policy_loss(
     ``entropy`` is accepted and unused."""
     del entropy
     _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
-    off = torch.zeros(logprobs.shape[0], dtype=torch.bool) if off_policy is None else off_policy.bool()
-    off = off.to(logprobs.device)
-    if off.shape != advantages.shape:
-        raise ValueError(f"off_policy must be [batch] = {tuple(advantages.shape)}, got {tuple(off.shape)}")
+    off_rows = off_policy_tokens(off_policy, mask)
     token_mask = mask.bool()
     if int(token_mask.sum()) == 0:
         return logprobs.sum() * 0.0, dict(EMPTY_INFO)
@@ -72,7 +70,6 @@ def luffy_policy_loss(
     safe = torch.where(token_mask, logprobs, torch.zeros_like(logprobs))
     token_adv = advantages.detach().to(logprobs.dtype).unsqueeze(1).expand_as(logprobs)
     off_loss = -token_adv * shaped_probability(safe, gamma)
-    off_rows = off.unsqueeze(1).expand_as(token_mask)
     token_loss = torch.where(off_rows, off_loss, on_loss)
     loss = aggregate_token_loss(token_loss, mask, loss_agg, normalizer) * token_scale
     on_mask = token_mask & ~off_rows

@@ -10,6 +10,7 @@ trainers/__init__.py.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -57,6 +58,11 @@ class RLObjective:
     """Drop groups whose rewards are all equal and generate more (DAPO)."""
     off_policy_members: int = 0
     """Expert trajectories per group, in place of that many sampled completions (LUFFY: 1)."""
+    prefix_members: int = 0
+    """Hybrid members per group, in place of that many sampled completions: an expert prefix, then the policy's
+    own continuation (Prefix-RFT: 1)."""
+    prefix_ratio: Callable[[float, random.Random], float] | None = None
+    """For hybrid members: the prefix's fraction of the expert trajectory, from (RL progress in [0, 1], rng)."""
     expert_fallback: bool = False
     """A group none of whose completions is correct is replaced by its expert trajectory, flagged off-policy
     (UPT trains it with the SFT loss)."""
@@ -74,7 +80,7 @@ class RLObjective:
     @property
     def needs_expert(self) -> bool:
         """Whether RL rows must carry the expert trajectory (their `response`)."""
-        return bool(self.off_policy_members) or self.expert_fallback
+        return bool(self.off_policy_members or self.prefix_members) or self.expert_fallback
 
     @property
     def advantage_fn(self) -> AdvantageFn:

@@ -67,6 +67,20 @@ def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
     return torch.stack(rows)
 
 
+def off_policy_tokens(off_policy: Tensor | None, mask: Tensor) -> Tensor:
+    """Bool [B, T'] of the off-policy response tokens, from None (none), a bool [B] (whole rows: expert
+    trajectories) or a bool [B, T'] (single tokens: an expert prefix)."""
+    if off_policy is None:
+        return torch.zeros_like(mask, dtype=torch.bool)
+    off = off_policy.bool().to(mask.device)
+    if off.dim() == 1 and off.shape[0] == mask.shape[0]:
+        off = off.unsqueeze(1).expand_as(mask)
+    if off.shape != mask.shape:
+        raise ValueError(f"off_policy must be [batch] or [batch, response_len] = {tuple(mask.shape)}, got "
+                         f"{tuple(off_policy.shape)}")  # fmt: skip
+    return off & mask.bool()
+
+
 def token_entropy(logits: Tensor, mask: Tensor) -> Tensor:
     """Entropy of the next-token distribution at every response position: logits [B, T, V] -> [B, T - 1]
     (matching token_logprobs), computed one sequence at a time in float32; 0 where mask is 0."""

@@ -23,6 +23,7 @@ from trainers.policy_loss import (
     _check_policy_inputs,
     aggregate_token_loss,
     clipped_token_loss,
+    off_policy_tokens,
     policy_stats,
     register_policy_loss,
 )
@@ -53,8 +54,7 @@ def srft_policy_loss(
     token_mask = mask.bool()
     if int(token_mask.sum()) == 0:
         return logprobs.sum() * 0.0, dict(EMPTY_INFO)
-    off = torch.zeros_like(advantages, dtype=torch.bool) if off_policy is None else off_policy.bool()
-    off_rows = off.to(logprobs.device).unsqueeze(1).expand_as(token_mask)
+    off_rows = off_policy_tokens(off_policy, mask)
     on_mask = token_mask & ~off_rows
     h = float(entropy.detach()[on_mask].mean()) if bool(on_mask.any()) else 0.0
     w1, w2 = SFT_WEIGHT * math.exp(-h), POSITIVE_WEIGHT * math.exp(h)
