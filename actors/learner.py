@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import time
+import warnings
 
 import ray
 
@@ -59,10 +60,23 @@ class LearnerRank:
         return ray.util.get_node_ip_address(), port
 
     def setup(self, master_addr: str, master_port: int) -> dict:
-        import deepspeed
         import torch
+
+        # Name the accelerator, so DeepSpeed does not detect it and warn "Setting accelerator to CPU" per rank.
+        os.environ.setdefault(
+            "DS_ACCELERATOR", "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        )
+        import deepspeed
+        import transformers
         from transformers import AutoModelForCausalLM
 
+        # save_pretrained draws a "Writing model shards" bar per checkpoint; forwarded to the job's driver log it
+        # buried the progress lines. A failed save still raises.
+        transformers.utils.logging.disable_progress_bar()
+        # DeepSpeed's ZeRO gathers call a torch API that warns of its deprecation once per rank; not ours to change.
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated"
+        )
         torch.set_num_threads(self.cfg.torch_threads)
         torch.manual_seed(self.seed)
         self.on_gpu = torch.cuda.is_available() and bool(ray.get_gpu_ids())

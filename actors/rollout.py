@@ -5,10 +5,36 @@ Weights are swapped in place (`reload_weights` through collective_rpc), so the e
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 
 from switchpoint.config import RolloutConfig
+
+
+class _RotaryReloadFilter(logging.Filter):
+    """Drops vLLM's "RotaryEmbedding: Failed to load weights" on every weight sync. The rotary layer's only
+    loadable tensor is its cos/sin cache, computed from the config and absent from every checkpoint (Hugging
+    Face keeps inv_freq out of state dicts), so vLLM puts its own cache back: nothing is lost, yet the warning
+    came about once a second in RL and read like an error. The same warning for any other layer (a weight
+    that really did not arrive) still passes, and the greedy check after a sync compares outputs anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("RotaryEmbedding: Failed to load weights")
+
+
+def _set_vllm_log_level(level: int) -> None:
+    logger = logging.getLogger("vllm")
+    logger.setLevel(level)
+    for handler in logger.handlers:
+        handler.setLevel(level)
+
+
+def _quiet_benign_reload_warning() -> None:
+    logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(isinstance(f, _RotaryReloadFilter) for f in logger.filters):
+        logger.addFilter(_RotaryReloadFilter())
 
 
 class RolloutWorker:
@@ -18,7 +44,19 @@ class RolloutWorker:
         # In-process engine: starts in seconds inside a Ray actor and lets collective_rpc reach the model directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        # Engine start-up prints a screenful of advice (CPU allocator and NUMA hints, eager mode, the seed we set,
+        # no Triton on CPU), forwarded to the job's driver log between the progress lines. It is quieted on
+        # purpose while the engine starts (errors still show; VLLM_LOGGING_LEVEL set by a user wins), and
+        # warnings are back on for the run, so a weight sync that fails still says so.
+        quiet_start = "VLLM_LOGGING_LEVEL" not in os.environ
+        if quiet_start:
+            os.environ["VLLM_LOGGING_LEVEL"] = "ERROR"
+            # Messages logged while vllm is imported, before its handler exists, inherit this level.
+            logging.getLogger("vllm").setLevel(logging.ERROR)
+            os.environ.setdefault(
+                "TORCH_CPP_LOG_LEVEL", "ERROR"
+            )  # the NUMA-binding note from torch's C++ side
+            warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated")
         import torch
         from vllm import LLM
 
@@ -34,10 +72,14 @@ class RolloutWorker:
             max_model_len=max_model_len,
             enable_prefix_caching=False,
             enforce_eager=True,
+            use_tqdm_on_load=False,  # a progress bar per engine start in the driver log
         )
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.llm = LLM(**kwargs)
+        if quiet_start:
+            _set_vllm_log_level(logging.WARNING)
+        _quiet_benign_reload_warning()
         self.tokenizer = self.llm.get_tokenizer()
         self.start_seconds = time.perf_counter() - t0
 

@@ -1,6 +1,7 @@
-"""The run folder: resolved config, metrics.jsonl, checkpoints, summary.json, plot.png.
+"""The run folder: resolved config, metrics.jsonl, checkpoints, summary.json, plot.png, tensorboard/.
 
-Everything a person (or `switchpoint analyze`) looks at after a run lives here.
+Everything a person (or `switchpoint analyze`) looks at after a run lives here. Every metrics row passes
+through RunFolder.log, which also exports it (Ray metrics for the dashboard, the trackers in run.report_to).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import math
 import os
 import time
 
-from switchpoint.config import Config, dump_yaml
+from actors.metrics_export import MetricsExport
+from switchpoint.config import Config, dump_yaml, to_dict
 
 
 def _clean(value):
@@ -46,12 +48,14 @@ class RunFolder:
         metrics = os.path.join(path, "metrics.jsonl")
         self.rows: list[dict] = _read_rows(metrics)  # a resumed run starts from what is on disk
         self._metrics = open(metrics, "a")
+        self.export = MetricsExport(path, cfg.run.report_to, to_dict(cfg))
 
     def log(self, row: dict) -> None:
         row = _clean(row)
         self.rows.append(row)
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        self.export.export(row)
 
     def replace_rows(self, rows: list[dict]) -> None:
         """Rewrite metrics.jsonl as exactly these rows (a resumed branch: no duplicated or missing rows)."""
@@ -79,9 +83,12 @@ class RunFolder:
         from plasticity.plots import plot_run
 
         try:
-            return plot_run(
+            png = plot_run(
                 self.rows, summary, os.path.join(self.path, "plot.png"), delta=delta, delta2=delta2
             )
+            if png:
+                self.export.image("plot", png)
+            return png
         except Exception as e:  # a plotting problem must not lose the run's results
             with open(os.path.join(self.path, "plot_error.txt"), "w") as f:
                 f.write(f"{time.ctime()}: {type(e).__name__}: {e}\n")
@@ -89,3 +96,4 @@ class RunFolder:
 
     def close(self) -> None:
         self._metrics.close()
+        self.export.close()

@@ -8,24 +8,44 @@ import time
 
 import ray
 
+from cluster.placement_strategy import StrategyPlacement
 from cluster.resources import check_resources
 from switchpoint.config import Config, to_dict
 from switchpoint.prepare import check_inputs, resolve_paths
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The packages every actor imports; shipped to each node with the job (runtime_env py_modules).
+CODE_PACKAGES = ("actors", "trainers", "plasticity", "cluster", "switchpoint")
+
+
+def job_runtime_env() -> dict:
+    """The runtime_env of the run's actors: the code travels through Ray (no path of this machine), so a worker
+    node without the repository runs them too. A job submitted with --working-dir has the code on every node
+    already (Ray puts the working dir on the workers' path); anything else gets the packages as py_modules."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    env: dict = {
+        "env_vars": {
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "TOKENIZERS_PARALLELISM": "false",
+            # No Hugging Face progress bars in actors (a tiny model built by the Controller, checkpoint saves):
+            # forwarded to the job's driver log, each drew a bar between the progress lines.
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        }
+    }
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}"))
+    if not (job.get("runtime_env") or {}).get("working_dir"):
+        env["py_modules"] = [os.path.join(REPO_ROOT, p) for p in CODE_PACKAGES]
+    return env
 
 
 def init_ray(cfg: Config | None = None, need_cpus: float | None = None) -> None:
     """Join RAY_ADDRESS when set (a `ray start` head or a `ray job submit` job); else a local Ray on 127.0.0.1."""
     if ray.is_initialized():
         return
-    env = {
-        "env_vars": {
-            "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p),
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-    }
+    env = job_runtime_env()
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
         return
@@ -88,6 +108,23 @@ def _progress_line(s: dict) -> str:
     return "  ".join(parts)
 
 
+def _switch_figures(controller) -> dict | None:
+    """Run inside the Controller actor (`__ray_call__`): the switch record and P_sft once both exist."""
+    summary = getattr(controller, "summary", None) or {}
+    p_sft = (summary.get("accuracy") or {}).get("at_switch")
+    if not summary.get("switch") or p_sft is None:
+        return None
+    return dict(summary["switch"], p_sft=p_sft)
+
+
+def switch_line(sw: dict) -> str:
+    """The switch on a line of its own: where RL branched, in which regime, why, and P_sft there."""
+    return (
+        f"switch: RL from SFT step {sw['step']} ({sw['regime']}, val loss {_fmt(sw['val_loss'])}), decided at "
+        f"step {sw['decided_at_step']}: {sw['reason']}; P_sft {_fmt(sw['p_sft'], '.3f')} (held-out avg@k)"
+    )
+
+
 LAUNCH_FILE = "launch.json"
 
 
@@ -143,7 +180,12 @@ def run_pipeline(
         trunk.branch_decision(cfg.switch)  # a missing step or a policy that never branches fails here, named
         from_trunk = trunk.dir
     cfg = resolve_paths(cfg)
+    import transformers
+
+    # Building the tiny model draws a "Writing model shards" bar in the driver's (the job's) log.
+    transformers.utils.logging.disable_progress_bar()
     parse_injections(cfg.faults.inject)  # a malformed faults.inject item, named
+    StrategyPlacement.from_config(cfg)  # a malformed rollout.placement or verifier.placement, named
     rl = cfg.switch.policy != "never" or from_trunk is not None
     joining = bool(os.environ.get("RAY_ADDRESS"))
     if joining:
@@ -163,10 +205,11 @@ def run_pipeline(
     with open(os.path.join(run_dir, LAUNCH_FILE), "w") as f:
         json.dump({"from_trunk": from_trunk}, f)
     name = f"switchpoint-controller-{os.path.basename(run_dir)}"
+    placement = StrategyPlacement.from_config(cfg, ray.get_runtime_context().get_node_id())
     controller = (
         ray.remote(Controller)
         .options(name=name, num_cpus=0, max_concurrency=4)
-        .remote(to_dict(cfg), run_dir, from_trunk, None, bool(resume))
+        .remote(to_dict(cfg), run_dir, from_trunk, placement, bool(resume))
     )
     if not quiet:
         print(f"run folder: {run_dir}\ncontroller actor: {name}", flush=True)
@@ -174,6 +217,7 @@ def run_pipeline(
     done_ref = controller.run.remote()
     tty = sys.stdout.isatty()
     last_line, last_print = "", 0.0
+    switch_shown = False
     try:
         while True:
             ready, _ = ray.wait([done_ref], timeout=1.0)
@@ -185,6 +229,11 @@ def run_pipeline(
             for event in status["events"][events_shown:]:  # faults and resumes: a line of their own
                 print(("\n" if tty else "") + event, flush=True)
             events_shown = len(status["events"])
+            if not switch_shown and "switch_step" in status["last"]:
+                sw = ray.get(controller.__ray_call__.remote(_switch_figures))
+                if sw is not None:
+                    print(("\n" if tty else "") + switch_line(sw), flush=True)
+                    switch_shown = True
             line = _progress_line(status)
             if tty:
                 print("\r" + line[:160].ljust(160), end="", flush=True)
@@ -193,6 +242,14 @@ def run_pipeline(
                 last_line, last_print = line, time.time()
         try:
             summary = ray.get(done_ref)
+            if not quiet and not switch_shown and summary.get("switch"):  # a switch between two polls
+                acc = summary.get("accuracy") or {}
+                print(switch_line(dict(summary["switch"], p_sft=acc.get("at_switch"))), flush=True)
+            if not quiet and not tty:
+                # The last line shows the run's final figures (those of the summary), however recent the last was.
+                line = _progress_line(ray.get(controller.status.remote()))
+                if line != last_line:
+                    print(line, flush=True)
         except ray.exceptions.RayTaskError as e:
             if isinstance(e.cause, FaultLimitError):
                 raise e.cause from None  # a reason for people, not a traceback from inside an actor

@@ -26,6 +26,10 @@ class RunConfig:
     """Folder that receives one subfolder per run."""
     seed: int = 0
     """Seed for data order, sampling and (tiny default) model init."""
+    report_to: list = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that get every metrics row besides metrics.jsonl: `tensorboard` (event files in
+    RUN_DIR/tensorboard, the plot as an image), `wandb` (offline, in RUN_DIR/wandb; needs the `wandb` extra).
+    [] for none. Ray metrics (dashboard, Prometheus) are exported whenever the run is on Ray."""
 
 
 @dataclass
@@ -183,6 +187,10 @@ class RolloutConfig:
     check_sync_prompts: int = 8
     """After the switch sync and at the end, compare greedy completions of the learner and of every engine on this
     many held-out prompts and record whether they match (0 skips the check)."""
+    placement: str = "default"
+    """Where the engines go on a multi-node cluster: default (Ray's scheduler, the driver's node first), spread
+    (SPREAD across nodes), colocate (the job driver's node), or resource:NAME (nodes started with the custom
+    resource NAME, e.g. `ray start --resources '{"rollout_node": 4}'`; each engine takes 0.001 of it)."""
 
 
 @dataclass
@@ -248,6 +256,8 @@ class VerifierConfig:
     """Time limit per item; a hung item scores 0 with status timeout."""
     cpus_per_worker: float = 0.25
     """CPUs reserved per verifier actor."""
+    placement: str = "default"
+    """Where the verifier actors go: default, spread, colocate or resource:NAME (as rollout.placement)."""
 
 
 @dataclass

@@ -70,3 +70,21 @@ def test_run_folder_has_checkpoints_plot_and_config(run):
     assert os.path.getsize(os.path.join(run_dir, "plot.png")) > 10_000
     assert os.path.isfile(os.path.join(run_dir, "config.yaml"))
     assert "accuracy" in stdout and run_dir in stdout
+
+
+def test_console_announces_the_switch_and_ends_on_the_summarys_figures(run):
+    _, _, s, stdout = run
+    lines = stdout.splitlines()
+    (switch,) = [line for line in lines if line.startswith("switch: ")]  # on a line of its own, once
+    sw = s["switch"]
+    assert switch.startswith(
+        f"switch: RL from SFT step {sw['step']} ({sw['regime']}, val loss {sw['val_loss']:.4f})"
+    )
+    assert sw["reason"] in switch and f"P_sft {s['accuracy']['at_switch']:.3f}" in switch
+    progress = [line for line in lines if line.startswith("[")]
+    assert (
+        progress[-1].rstrip().endswith(f"held-out acc {s['accuracy']['final']:.3f}")
+    )  # the summary's figure
+    # No third-party line repeats (the weight-sync warning and checkpoint bars came once per sync / save).
+    others = [line for line in lines if line.strip() and not line.startswith("[")]
+    assert len(others) == len(set(others)), others

@@ -33,10 +33,15 @@ AGENT_PORT_FLAGS = (
 
 
 @contextlib.contextmanager
-def _head(num_cpus: int):
+def _head(num_cpus: int, metrics_port: int | None = None, extra_env: dict | None = None, gcs_port: int = 0):
+    """A `ray start --head --block` of our own; metrics_port: where its metrics agent serves Prometheus text."""
     env = dict(os.environ, RAY_AUTH_MODE="token", PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     env.pop("RAY_ADDRESS", None)
+    env.update(extra_env or {})
     dash = _free_port()
+    ports = {flag: _free_port() for flag in AGENT_PORT_FLAGS}
+    if metrics_port:
+        ports["metrics-export-port"] = metrics_port
     # --block keeps this head in one process tree we own, so teardown stops this cluster only (`ray stop`
     # would stop every Ray on the machine).
     start = [
@@ -45,13 +50,13 @@ def _head(num_cpus: int):
         "--head",
         "--block",
         "--node-ip-address=127.0.0.1",
-        f"--port={_free_port()}",
+        f"--port={gcs_port or _free_port()}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--num-cpus={num_cpus}",
         # Ports of our own for the agents too: with Ray's defaults a second head on this machine (another test
         # session) leaves the job agent unreachable and `ray job submit` retrying for minutes.
-        *(f"--{flag}={_free_port()}" for flag in AGENT_PORT_FLAGS),
+        *(f"--{flag}={port}" for flag, port in ports.items()),
         "--disable-usage-stats",
     ]
     proc = subprocess.Popen(start, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

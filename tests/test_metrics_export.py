@@ -1,0 +1,49 @@
+"""Run figures where people watch them: TensorBoard files in the run folder (read back with tensorboard's
+EventAccumulator), metric names Ray accepts. The series on Ray's metrics endpoint and the clean job log are checked
+on the submitted job of tests/test_two_nodes.py (one job for both: CI time)."""
+
+import os
+
+import pytest
+
+from actors.metrics_export import SERIES, VALID_NAME, scalars
+
+pytestmark = pytest.mark.e2e
+
+
+def test_metric_names_pass_rays_rule():
+    names = [s[0] for s in SERIES] + ["switchpoint_phase"]
+    assert all(VALID_NAME.match(n) for n in names) and len(set(names)) == len(names)
+    assert not VALID_NAME.match("switchpoint.sft-loss")  # the rule itself: Ray drops such names
+
+
+def test_tensorboard_holds_the_metrics_series(micro_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, rows, _, _ = micro_run
+    events = EventAccumulator(os.path.join(run_dir, "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+
+    def series(tag):
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    def from_rows(phase, key):
+        return [(r["step"], r[key]) for r in rows if r["phase"] == phase and r.get(key) is not None]
+
+    for tag, phase, key in [
+        ("sft/loss", "sft", "loss"),
+        ("sft/val_loss", "sft", "val_loss"),
+        ("rl/accuracy", "rl", "accuracy"),
+        ("rl/reward_mean", "rl", "reward_mean"),
+    ]:
+        want = from_rows(phase, key)
+        got = series(tag)
+        assert [s for s, _ in got] == [s for s, _ in want], tag
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), tag  # float32 in events
+    assert series("rl/timing/generate")  # nested dicts are flattened
+    assert "plot" in events.Tags()["images"]
+
+
+def test_scalars_flatten_rows():
+    row = {"phase": "rl", "step": 3, "regime": "mild", "timing": {"train": 0.5}, "skipped": "x", "ok": True}
+    assert scalars(row) == {"rl/regime": 2.0, "rl/timing/train": 0.5}
