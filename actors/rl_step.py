@@ -12,12 +12,13 @@ from collections import defaultdict
 import ray
 import torch
 
+from actors.rl_members import GroupMembers
 from switchpoint.data import format_prompt
 from trainers import CORRECT_THRESHOLD, rl_objective, summarize_eval
-from trainers.sampling import ShortBatchError, overlong_penalty, settle_short_batch
+from trainers.sampling import ShortBatchError, settle_short_batch
 
 
-class RLStepper:
+class RLStepper(GroupMembers):
     def __init__(self, cfg, learner, workers, verifier, tokenizer, hf_config, splits):
         self.cfg, self.learner, self.workers, self.verifier = cfg, learner, workers, verifier
         self.tokenizer, self.hf_config = tokenizer, hf_config
@@ -37,6 +38,7 @@ class RLStepper:
         self.eval_rows = splits.eval[: cfg.eval.max_prompts]
         self.rng = random.Random(cfg.run.seed + 1)
         self.order: list[int] = []
+        self.sft_buffer: list[dict] = []  # ReLIFT: expert trajectories of the hardest prompts, for SFT
         self.timings: dict[str, list[float]] = defaultdict(list)
 
     def learner_settings(self) -> dict:
@@ -112,61 +114,6 @@ class RLStepper:
         return scores, dict(statuses)
 
     # ---- one RL step -----------------------------------------------------------------------------------------
-    def _expert_member(self, row: dict) -> dict:
-        """The expert trajectory as a group member (off-policy: no engine log-probs)."""
-        ids = self.tokenizer.encode(row["response"], add_special_tokens=False) + [self.tokenizer.eos_token_id]
-        ids = ids[: self.cfg.rollout.max_tokens]
-        return {
-            "token_ids": ids,
-            "logprobs": None,
-            "text": row["response"],
-            "finish_reason": "stop",
-            "expert": 1,
-        }
-
-    def _hybrids(self, rows: list[dict], i: int, rnd: int) -> list[list[dict]]:
-        """Per row, the objective's hybrid members: an expert prefix (its share drawn by the objective at this
-        point of the RL run), then the policy's own continuation, cut to max_tokens in all."""
-        n = self.objective.prefix_members
-        if not n:
-            return [[] for _ in rows]
-        cap, progress = self.cfg.rollout.max_tokens, i / max(1, self.cfg.rl.steps)
-        rng = random.Random((self.cfg.run.seed * 100_003 + i) * 7 + rnd)
-        experts = [self._expert_member(r)["token_ids"] for r in rows for _ in range(n)]
-        cuts = [
-            min(len(e) - 1, max(1, round(self.objective.prefix_ratio(progress, rng) * len(e))))
-            for e in experts
-        ]
-        prompts = [p for p in self._encode(rows) for _ in range(n)]
-        conts = self._generate(
-            [p + e[:k] for p, e, k in zip(prompts, experts, cuts)],
-            1,
-            self.cfg.rollout.temperature,
-            rng.getrandbits(31),
-        )
-        members = []
-        for e, k, c in zip(experts, cuts, conts):
-            s = c["samples"][0]
-            ids = (e[:k] + s["token_ids"])[:cap]
-            lps = None if s["logprobs"] is None else ([0.0] * k + s["logprobs"])[:cap]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            members.append({"token_ids": ids, "logprobs": lps, "text": text, "finish_reason": s["finish_reason"],
-                            "prefix_len": k})  # fmt: skip
-        return [members[j * n : (j + 1) * n] for j in range(len(rows))]
-
-    def _overlong_penalty(self, sample: dict) -> float:
-        """DAPO's soft overlong punishment (0 when rl.overlong_buffer_len is 0)."""
-        if sample.get("expert"):
-            return 0.0
-        rl = self.cfg.rl
-        return overlong_penalty(
-            len(sample["token_ids"]),
-            self.cfg.rollout.max_tokens,
-            rl.overlong_buffer_len,
-            rl.overlong_penalty_factor,
-        )
-
-    # ---- one RL step -----------------------------------------------------------------------------------------
     def step(self, i: int) -> dict:
         cfg, objective = self.cfg, self.objective
         t0 = time.perf_counter()
@@ -190,7 +137,7 @@ class RLStepper:
             gen_tokens += sum(len(s["token_ids"]) for o in outs for s in o["samples"])
             for o, r, h in zip(outs, rows, self._hybrids(rows, i, rnd)):
                 o["samples"] += [self._expert_member(r) for _ in range(objective.off_policy_members)] + h
-                if objective.expert_fallback:
+                if objective.expert_fallback or objective.interleaved_sft:
                     o["expert_member"] = self._expert_member(r)
             t = time.perf_counter()
             scores, st = self._score(outs, rows)
@@ -205,8 +152,9 @@ class RLStepper:
             prompt_tokens += sum(len(o["prompt_token_ids"]) for o in outs)
             all_scores += scores
             for o, sc in zip(outs, scores):
-                # UPT: no completion correct -> the group trains on its expert trajectory instead.
-                o["fallback"] = objective.expert_fallback and max(sc) < CORRECT_THRESHOLD
+                # UPT, ReLIFT: no completion correct -> the group trains on its expert trajectory instead.
+                expert_sft = objective.expert_fallback or objective.interleaved_sft
+                o["fallback"] = expert_sft and max(sc) < CORRECT_THRESHOLD
                 informative = max(sc) != min(sc)
                 if (informative or not objective.dynamic_sampling) and len(
                     kept_outs
@@ -240,6 +188,12 @@ class RLStepper:
         }
         if objective.expert_fallback:
             row["expert_sft_groups"] = sum(bool(o.get("fallback")) for o in kept_outs)
+        if objective.interleaved_sft:  # ReLIFT: the hardest prompts leave RL for the SFT buffer
+            keys = ("prompt_token_ids", "expert_member", "fallback")
+            self.sft_buffer += [{k: o[k] for k in keys} for o in kept_outs if o["fallback"]]
+            kept_scores = [s for o, s in zip(kept_outs, kept_scores) if not o["fallback"]]
+            kept_outs = [o for o in kept_outs if not o["fallback"]]
+            row["groups_kept"] = len(kept_outs)
         t_train = 0.0
         if kept_outs:
             adv = objective.advantage_fn(torch.tensor(kept_scores, dtype=torch.float32)).tolist()
@@ -277,6 +231,15 @@ class RLStepper:
             row.update(
                 loss=None, skipped="short batch (rl.short_batch: skip)" if short else "no informative groups"
             )
+        pps = cfg.rl.prompts_per_step
+        if objective.interleaved_sft and len(self.sft_buffer) >= pps:
+            t = time.perf_counter()
+            sft = self._train(self._batch(self.sft_buffer[:pps], [[0.0]] * pps))
+            self.sft_buffer = self.sft_buffer[pps:]
+            t_train += time.perf_counter() - t
+            row.update(interleaved_sft_loss=sft["loss"], interleaved_sft_groups=pps)
+        if objective.interleaved_sft:
+            row["sft_buffer"] = len(self.sft_buffer)
         n_seq = max(1, generated_prompts * cfg.rl.group_size)
         mean_len = prompt_tokens / max(1, generated_prompts) + gen_tokens / n_seq
         row["step_flops"] = objective.flops(
@@ -366,12 +329,17 @@ class RLStepper:
     def get_state(self) -> dict:
         """The prompt sampler's position (RNG and the rest of the shuffled order), JSON-safe, for resume."""
         version, internal, gauss = self.rng.getstate()
-        return {"rng": [version, list(internal), gauss], "order": list(self.order)}
+        return {
+            "rng": [version, list(internal), gauss],
+            "order": list(self.order),
+            "sft_buffer": self.sft_buffer,
+        }
 
     def set_state(self, state: dict) -> None:
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.order = list(state["order"])
+        self.sft_buffer = list(state.get("sft_buffer", []))
 
     def record_sync(self, seconds: float) -> None:
         self.timings["weight_sync"].append(seconds)

@@ -31,6 +31,8 @@ RECOVERY_TIMEOUT_S = 120.0
 """A worker that Ray has not restarted within this many seconds is replaced."""
 PROBE_INTERVAL_S = 0.1
 """Pause between asking a restarting worker whether it is back (its calls fail until it is)."""
+PID_PROBE_TIMEOUT_S = 30.0
+"""How long the between-batches process-id probe waits for a worker (a busy one answers when it is free)."""
 
 
 @dataclass
@@ -95,6 +97,7 @@ class VerifierPool:
         self._lost_slots: set[int] = set()  # slots whose replacement would not start
         try:
             ray.get([worker.ready.remote() for worker in self._workers])
+            self._pids: list[int | None] = ray.get([worker.pid.remote() for worker in self._workers])
         except Exception:
             self.shutdown()
             raise
@@ -109,6 +112,7 @@ class VerifierPool:
         if not self._workers:
             raise RuntimeError("VerifierPool.score called after shutdown()")
         _check_batch(completions, references)
+        self._note_idle_restarts()
         # Pieces are handed out as workers free up, so a worker stuck on a slow item does not hold back
         # work the others could do. Several pieces per worker keep that balance; each stays >= a chunk.
         piece_size = max(self._chunk_size, math.ceil(len(completions) / (4 * self.num_workers)))
@@ -184,6 +188,24 @@ class VerifierPool:
         for worker in workers:
             ray.kill(worker)
 
+    def _note_idle_restarts(self) -> None:
+        """A worker that died between batches and was restarted by Ray fails no call, so nothing else would
+        notice it; its new process id gives it away, and it is reported like any other fault (nothing redone)."""
+        slots = [s for s in range(len(self._workers)) if s not in self._lost_slots]
+        refs = {slot: self._workers[slot].pid.remote() for slot in slots}
+        for slot, ref in refs.items():
+            try:
+                pid = ray.get(ref, timeout=PID_PROBE_TIMEOUT_S)
+            except Exception:
+                continue  # restarting or dead: the scoring that follows meets it and recovers it
+            if self._pids[slot] is not None and pid != self._pids[slot]:
+                self.fault_count += 1
+                error = f"worker process {self._pids[slot]} died while idle (now {pid})"
+                self._fault_events.append(
+                    fault_event("verifier", slot, error, "restarted by Ray", "nothing", 0.0)
+                )
+            self._pids[slot] = pid
+
     def _new_actor(self, slot: int):
         return self._actor_class.options(**self._slot_options[slot]).remote(*self._actor_args)
 
@@ -203,6 +225,7 @@ class VerifierPool:
             return
         fault.action = fault.action or "restarted by Ray"
         self._maybe_emit(fault)
+        self._pids[slot] = None  # a new process: its id is learned at the next probe, not counted again
         idle.append(slot)
 
     def _replace(self, slot: int, fault: _Fault, recovering: dict) -> None:

@@ -197,7 +197,7 @@ class RolloutConfig:
 class RLConfig:
     algorithm: str = "dapo"
     """An RL objective of trainers/ (dapo | grpo | dr_grpo | luffy | srft | upt |
-    prefix_rft); it owns the clip defaults, the loss
+    prefix_rft | relift); it owns the clip defaults, the loss
     aggregation, dynamic sampling, off-policy members and the FLOPs formula."""
     steps: int = 40
     """RL optimizer steps."""

@@ -581,3 +581,11 @@ def test_prefix_ratio_decays_from_95_to_5_percent():
     assert 0.05 <= min(late) < 0.15 and 0.85 < max(late) <= 0.95
     mid = [prefix_ratio(0.5, rng) for _ in range(200)]
     assert min(mid) >= 0.5 - 1e-9  # the cosine is halfway: low = 0.5
+
+
+def test_relift_and_upt_are_settings_of_one_loss():
+    relift, upt = rl_objective("relift"), rl_objective("upt")
+    assert relift.loss_fn is upt.loss_fn is POLICY_LOSSES["upt"]
+    assert relift.interleaved_sft and not relift.expert_fallback and relift.needs_expert
+    assert upt.expert_fallback and not upt.interleaved_sft
+    assert not rl_objective("dapo").needs_expert

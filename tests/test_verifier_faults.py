@@ -107,6 +107,31 @@ def test_worker_process_sigkilled_is_restarted_and_its_piece_rescored(local_ray)
         pool.shutdown()
 
 
+def test_worker_killed_between_batches_is_reported_at_the_next_batch(local_ray):
+    pool = _slow_pool(max_restarts=3)
+    try:
+        pid = ray.get(pool.workers[0].pid.remote())
+        os.kill(pid, signal.SIGKILL)  # idle: no call fails, Ray restarts it in the background
+        deadline = time.time() + 60
+        while time.time() < deadline:  # wait until the restarted process answers
+            try:
+                if ray.get(pool.workers[0].pid.remote(), timeout=5) != pid:
+                    break
+            except Exception:
+                time.sleep(0.2)
+        results = pool.score(*_batch())
+        assert [r.score for r in results] == _expected_scores()
+        events = pool.take_fault_events()
+        assert [(e["worker"], e["action"], e["redone"]) for e in events] == [
+            (0, "restarted by Ray", "nothing")
+        ]
+        assert str(pid) in events[0]["error"]
+        _assert_still_serves(pool)
+        assert pool.take_fault_events() == []  # the new process is not counted again
+    finally:
+        pool.shutdown()
+
+
 def test_worker_with_no_restarts_left_is_replaced(local_ray):
     pool = _slow_pool(max_restarts=0)
     try:

@@ -25,6 +25,7 @@ from trainers.sft import sft_loss
 # Objectives kept in files of their own register themselves on import (one file + this line per algorithm).
 import trainers.luffy  # noqa: E402,F401  isort: skip
 import trainers.prefix_rft  # noqa: E402,F401  isort: skip
+import trainers.relift  # noqa: E402,F401  isort: skip
 import trainers.srft  # noqa: E402,F401  isort: skip
 import trainers.upt  # noqa: E402,F401  isort: skip
 

@@ -63,6 +63,9 @@ class RLObjective:
     own continuation (Prefix-RFT: 1)."""
     prefix_ratio: Callable[[float, random.Random], float] | None = None
     """For hybrid members: the prefix's fraction of the expert trajectory, from (RL progress in [0, 1], rng)."""
+    interleaved_sft: bool = False
+    """A group none of whose completions is correct leaves RL; its expert trajectory is buffered and trained with
+    the SFT loss once rl.prompts_per_step are buffered, in an extra update after the RL one (ReLIFT)."""
     expert_fallback: bool = False
     """A group none of whose completions is correct is replaced by its expert trajectory, flagged off-policy
     (UPT trains it with the SFT loss)."""
@@ -80,7 +83,9 @@ class RLObjective:
     @property
     def needs_expert(self) -> bool:
         """Whether RL rows must carry the expert trajectory (their `response`)."""
-        return bool(self.off_policy_members or self.prefix_members) or self.expert_fallback
+        return bool(
+            self.off_policy_members or self.prefix_members or self.expert_fallback or self.interleaved_sft
+        )
 
     @property
     def advantage_fn(self) -> AdvantageFn:
