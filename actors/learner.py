@@ -6,6 +6,8 @@ and the same weights; nothing is restarted. gloo on CPU, NCCL on GPU; ZeRO stage
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import random
@@ -87,7 +89,12 @@ class LearnerRank:
             MASTER_ADDR=master_addr,
             MASTER_PORT=str(master_port),
         )
-        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", auto_mpi_discovery=False)
+        # On CPU, DeepSpeed prints "deepspeed_shm_comm_op built successfully" at every start (a cached op being
+        # loaded), one line per rank in the job's driver log; a failure still raises.
+        with contextlib.redirect_stdout(io.StringIO()):
+            deepspeed.init_distributed(
+                dist_backend="nccl" if self.on_gpu else "gloo", auto_mpi_discovery=False
+            )
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
             self.dtype_name, torch.bfloat16 if self.on_gpu else torch.float32
         )

@@ -265,6 +265,11 @@ def run_pipeline(
     finally:
         if tty and not quiet:
             print()
+    linger = float(os.environ.get("SWITCHPOINT_METRICS_LINGER_S") or 0)
+    if linger > 0:
+        # A dead Controller's series leave the node's metrics endpoint: keep it this long, so the last figures
+        # reach the metrics agent and a Prometheus scrape.
+        time.sleep(linger)
     ray.kill(controller)
     return run_dir, summary
 
