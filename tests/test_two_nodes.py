@@ -69,7 +69,7 @@ def two_node_job(tmp_path_factory):
             [
                 RAY, "start", "--block", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
                 f"--temp-dir={node2_tmp}",
-                "--num-cpus=1", '--resources={"rollout_node": 1}', "--object-store-memory=300000000",
+                "--num-cpus=2", '--resources={"rollout_node": 2}', "--object-store-memory=300000000",
                 *(f"--{flag}={_free_port()}" for flag in AGENT_PORT_FLAGS if flag not in ("ray-client-server-port", "metrics-export-port")),
                 f"--metrics-export-port={node2_metrics}", "--disable-usage-stats",
             ],
@@ -94,6 +94,7 @@ def two_node_job(tmp_path_factory):
                 ), "--",
                 "python", "-m", "cluster.job", "--config", "configs/micro.yaml", "--set", f"run.output_dir={out}",
                 "--set", "rollout.placement=resource:rollout_node",
+                "--set", "rollout.num_workers=2",  # prompts spread over two engines, each synced across nodes
                 # Model and data on storage both nodes see (here: this machine's disk), not in the job's copy.
                 "--set", f"model.path={out.parent / 'model'}", "--set", f"data.dir={out.parent / 'data'}",
             ]  # fmt: skip
@@ -166,6 +167,7 @@ def test_rollout_worker_runs_on_the_second_node(two_node_job):
     assert nodes_of("RolloutWorker") == {node2}
     assert nodes_of("LearnerRank") and node2 not in nodes_of("LearnerRank")
     s = job["summary"]
+    assert len(s["actor_pids"]["at_start"]["rollout"]) == 2  # both engines synced (greedy checks below)
     assert s["switch"]["weight_sync"] == "object_store"
     assert s["switch"]["greedy_check"]["equal"] is True  # weights crossed nodes, greedy outputs match
     assert s["greedy_check_final"]["equal"] is True
