@@ -16,10 +16,8 @@ from trainers.objectives import RLObjective, register_objective
 from trainers.policy_loss import (
     EMPTY_INFO,
     MAX_ABS_LOG_RATIO,
-    _check_policy_inputs,
     aggregate_token_loss,
-    clipped_token_loss,
-    off_policy_tokens,
+    clipped_rows,
     policy_stats,
     register_policy_loss,
 )
@@ -53,20 +51,19 @@ def luffy_policy_loss(
     """Clipped PPO on the on-policy rows, -A * p / (p + gamma) on the off-policy rows (bool [B]).
     ``entropy`` is accepted and unused."""
     del entropy
-    _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
-    off_rows = off_policy_tokens(off_policy, mask)
-    token_mask = mask.bool()
-    if int(token_mask.sum()) == 0:
-        return logprobs.sum() * 0.0, dict(EMPTY_INFO)
-    on_loss, parts = clipped_token_loss(
+    start = clipped_rows(
         logprobs,
         old_logprobs,
         advantages,
         mask,
+        off_policy,
         clip_low=clip_low,
         clip_high=clip_high,
         clip_ratio_c=clip_ratio_c,
     )
+    if start is None:
+        return logprobs.sum() * 0.0, dict(EMPTY_INFO)
+    token_mask, off_rows, on_loss, parts = start
     safe = torch.where(token_mask, logprobs, torch.zeros_like(logprobs))
     token_adv = advantages.detach().to(logprobs.dtype).unsqueeze(1).expand_as(logprobs)
     off_loss = -token_adv * shaped_probability(safe, gamma)

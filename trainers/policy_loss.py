@@ -187,6 +187,36 @@ def clipped_token_loss(
     return token_loss, {"ratio": ratio, "log_ratio": log_ratio, "clipped": clipped}
 
 
+def clipped_rows(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    off_policy: Tensor | None,
+    *,
+    clip_low: float,
+    clip_high: float,
+    clip_ratio_c: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor, dict] | None:
+    """The start the objectives with off-policy members share: None for a batch without a response token, else
+    (token mask, off-policy token mask, per-token clipped loss, the tensors its statistics need)."""
+    token_mask = mask.bool()
+    if int(token_mask.sum()) == 0:
+        _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
+        return None
+    off = off_policy_tokens(off_policy, mask)
+    token_loss, parts = clipped_token_loss(
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        clip_ratio_c=clip_ratio_c,
+    )
+    return token_mask, off, token_loss, parts
+
+
 def policy_stats(loss: Tensor, mask: Tensor, ratio: Tensor, log_ratio: Tensor, clipped: Tensor) -> dict:
     """Logging info of a policy loss: masked token means over this batch, and max |ratio - 1|."""
     token_mask = mask.bool()

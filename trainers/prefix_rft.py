@@ -20,10 +20,8 @@ from torch import Tensor
 from trainers.objectives import RLObjective, register_objective
 from trainers.policy_loss import (
     EMPTY_INFO,
-    _check_policy_inputs,
     aggregate_token_loss,
-    clipped_token_loss,
-    off_policy_tokens,
+    clipped_rows,
     policy_stats,
     register_policy_loss,
 )
@@ -67,23 +65,22 @@ def prefix_rft_policy_loss(
 ) -> tuple[Tensor, dict]:
     """Clipped loss on every token; demonstration tokens (off_policy [B, T']) outside the top-20% entropy get
     advantage 0. ``entropy`` [B, T'] is required."""
-    _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
     if entropy is None or entropy.shape != logprobs.shape:
         raise ValueError("prefix_rft needs the token entropy [batch, response_len] of the policy")
-    token_mask = mask.bool()
-    if int(token_mask.sum()) == 0:
-        return logprobs.sum() * 0.0, dict(EMPTY_INFO)
-    demo = off_policy_tokens(off_policy, mask)
-    kept = high_entropy_demo_tokens(entropy, demo)
-    token_loss, parts = clipped_token_loss(
+    start = clipped_rows(
         logprobs,
         old_logprobs,
         advantages,
         mask,
+        off_policy,
         clip_low=clip_low,
         clip_high=clip_high,
         clip_ratio_c=clip_ratio_c,
     )
+    if start is None:
+        return logprobs.sum() * 0.0, dict(EMPTY_INFO)
+    token_mask, demo, token_loss, parts = start
+    kept = high_entropy_demo_tokens(entropy, demo)
     token_loss = torch.where(demo & ~kept, torch.zeros_like(token_loss), token_loss)  # A = 0 there
     loss = aggregate_token_loss(token_loss, mask, loss_agg, normalizer) * token_scale
     info = policy_stats(loss, token_mask, **parts)

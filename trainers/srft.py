@@ -20,10 +20,8 @@ from trainers.luffy import SHAPING_GAMMA, shaped_probability
 from trainers.objectives import RLObjective, register_objective
 from trainers.policy_loss import (
     EMPTY_INFO,
-    _check_policy_inputs,
     aggregate_token_loss,
-    clipped_token_loss,
-    off_policy_tokens,
+    clipped_rows,
     policy_stats,
     register_policy_loss,
 )
@@ -48,25 +46,24 @@ def srft_policy_loss(
     entropy: Tensor | None = None,
 ) -> tuple[Tensor, dict]:
     """SRFT's loss; ``entropy`` [B, T'] is the policy's token entropy (needed for the weights)."""
-    _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
     if entropy is None or entropy.shape != logprobs.shape:
         raise ValueError("srft needs the token entropy [batch, response_len] of the policy")
-    token_mask = mask.bool()
-    if int(token_mask.sum()) == 0:
-        return logprobs.sum() * 0.0, dict(EMPTY_INFO)
-    off_rows = off_policy_tokens(off_policy, mask)
-    on_mask = token_mask & ~off_rows
-    h = float(entropy.detach()[on_mask].mean()) if bool(on_mask.any()) else 0.0
-    w1, w2 = SFT_WEIGHT * math.exp(-h), POSITIVE_WEIGHT * math.exp(h)
-    on_loss, parts = clipped_token_loss(
+    start = clipped_rows(
         logprobs,
         old_logprobs,
         advantages,
         mask,
+        off_policy,
         clip_low=clip_low,
         clip_high=clip_high,
         clip_ratio_c=clip_ratio_c,
     )
+    if start is None:
+        return logprobs.sum() * 0.0, dict(EMPTY_INFO)
+    token_mask, off_rows, on_loss, parts = start
+    on_mask = token_mask & ~off_rows
+    h = float(entropy.detach()[on_mask].mean()) if bool(on_mask.any()) else 0.0
+    w1, w2 = SFT_WEIGHT * math.exp(-h), POSITIVE_WEIGHT * math.exp(h)
     positive = (advantages > 0).to(logprobs.device).unsqueeze(1).expand_as(on_loss)
     on_loss = torch.where(positive, w2 * on_loss, on_loss)
     safe = torch.where(token_mask, logprobs, torch.zeros_like(logprobs))

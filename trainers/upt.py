@@ -14,10 +14,8 @@ from torch import Tensor
 from trainers.objectives import RLObjective, register_objective
 from trainers.policy_loss import (
     EMPTY_INFO,
-    _check_policy_inputs,
     aggregate_token_loss,
-    clipped_token_loss,
-    off_policy_tokens,
+    clipped_rows,
     policy_stats,
     register_policy_loss,
 )
@@ -43,20 +41,19 @@ def upt_policy_loss(
 ) -> tuple[Tensor, dict]:
     """Clipped PPO on sampled rows, SFT_COEF * (-log p) on expert rows (off_policy, bool [B])."""
     del entropy
-    _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
-    token_mask = mask.bool()
-    if int(token_mask.sum()) == 0:
-        return logprobs.sum() * 0.0, dict(EMPTY_INFO)
-    off_rows = off_policy_tokens(off_policy, mask)
-    on_loss, parts = clipped_token_loss(
+    start = clipped_rows(
         logprobs,
         old_logprobs,
         advantages,
         mask,
+        off_policy,
         clip_low=clip_low,
         clip_high=clip_high,
         clip_ratio_c=clip_ratio_c,
     )
+    if start is None:
+        return logprobs.sum() * 0.0, dict(EMPTY_INFO)
+    token_mask, off_rows, on_loss, parts = start
     sft_loss = SFT_COEF * -torch.where(token_mask, logprobs, torch.zeros_like(logprobs))
     loss = (
         aggregate_token_loss(torch.where(off_rows, sft_loss, on_loss), mask, loss_agg, normalizer)
