@@ -259,7 +259,14 @@ def test_read_only_output_dir(capfd, tmp_path, monkeypatch, model_dir):
         f"run.output_dir={out}",
     ]
     if not _read_only(out):
-        pytest.skip("cannot make a folder read-only here (root without chattr)")
+        # Root on a filesystem without the immutable flag: the mount's refusal is simulated on the probe write,
+        # as the full-disk case below does (the error path is the same).
+        import switchpoint.checks
+
+        def read_only_mount(fd):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+        monkeypatch.setattr(switchpoint.checks.os, "fsync", read_only_mount)
     try:
         line = run_cli(capfd, tmp_path, sets, roots=[model_dir])
     finally:
