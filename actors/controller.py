@@ -27,8 +27,9 @@ from actors.verifier_pool import VerifierPool
 from actors.weight_sync import make_weight_sync
 from plasticity.regimes import label_regimes
 from switchpoint.config import Config, from_dict
-from switchpoint.data import tokenize_sft_with_stats
-from switchpoint.prepare import ensure_model, load_splits
+from switchpoint.data import chat_tokenizer_or_none
+from switchpoint.prepare import ensure_model, load_splits, sft_sets, split_paths
+from switchpoint.sft_dataset import SftSet
 from switchpoint.trunk import Trunk, load_trunk
 
 
@@ -115,20 +116,29 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
         self._phase("preparing data and model")
         model_path = ensure_model(cfg)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.splits, paths = load_splits(cfg)
+        self.chat = chat_tokenizer_or_none(
+            self.tokenizer, cfg.data.chat_template, f"model folder {model_path}"
+        )
+        paths = split_paths(cfg)
+        self.splits, _ = load_splits(cfg, paths)
         with open(os.path.join(model_path, "config.json")) as f:
             self.hf_config = json.load(f)
-        tok = dict(max_len=cfg.data.max_len, prompt_template=cfg.data.prompt_template)
-        self.sft_train, stats = tokenize_sft_with_stats(self.splits.sft_train, self.tokenizer, **tok)
-        self.sft_val, _ = tokenize_sft_with_stats(self.splits.sft_val, self.tokenizer, **tok)
+        # The tokenized SFT sets stay on disk (memory-mapped Arrow, built by check_inputs before Ray started, or
+        # now): the controller keeps per-row lengths and trained-token counts, the ranks read the tokens.
+        self.sft_sets = sft_sets(cfg, model_path, paths)
+        train, val = SftSet(self.sft_sets["sft_train"]), SftSet(self.sft_sets["sft_val"])
+        self.sft_lengths, self.sft_trained = train.column("length"), train.trained_tokens()
+        self.n_sft_val = len(val)
         self.data_info = {
             "paths": paths,
-            "sft_train": len(self.sft_train),
-            "sft_val": len(self.sft_val),
+            "sft_sets": self.sft_sets,
+            "sft_train": len(train),
+            "sft_val": len(val),
             "rl": len(self.splits.rl),
             "eval": len(self.splits.eval),
-            "truncated": stats.n_truncated,
+            "truncated": train.meta["truncated"],
         }
+        del train, val
 
         self.model_path = model_path
 
@@ -257,7 +267,7 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             return None
         from switchpoint.data import format_prompt
 
-        prompts = [format_prompt(r, self.cfg.data.prompt_template) for r in self.splits.eval[:n]]
+        prompts = [format_prompt(r, self.cfg.data.prompt_template, self.chat) for r in self.splits.eval[:n]]
         ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         max_new = self.cfg.rollout.max_tokens
         learner = self.learner.greedy_generate(ids, max_new, self.tokenizer.eos_token_id)

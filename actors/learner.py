@@ -51,6 +51,7 @@ class LearnerRank:
         self.dtype_name, self.seed = dtype, seed
         self.objective = "sft"
         self.rl = {}
+        self.sft_sets: dict = {}  # cache folder -> opened (memory-mapped) SFT set
 
     def pid(self) -> int:
         return os.getpid()
@@ -204,6 +205,29 @@ class LearnerRank:
         out["lr"] = self.optimizer.param_groups[0]["lr"]
         out["seconds"] = time.perf_counter() - t0
         return out
+
+    def _read_rows(self, folder: str, indices: list[int]) -> dict:
+        """This rank's rows of a batch from the tokenized SFT set in `folder` (memory-mapped, opened once);
+        index -1 is a padding row without loss."""
+        from switchpoint.sft_dataset import SftSet
+
+        if folder not in self.sft_sets:
+            self.sft_sets[folder] = SftSet(folder)
+        shard = self.sft_sets[folder].examples([i for i in indices if i >= 0])
+        for _ in range(sum(i < 0 for i in indices)):
+            shard["input_ids"].append([self.pad_id, self.pad_id])
+            shard["loss_mask"].append([0, 0])
+        return shard
+
+    def train_rows(self, folder: str, indices: list[int], global_count: float) -> dict:
+        """train_step on this rank's rows of an SFT batch, read here by index; reports how many it read."""
+        out = self.train_step(self._read_rows(folder, indices), global_count)
+        out["rows_read"] = sum(i >= 0 for i in indices)
+        return out
+
+    def eval_rows(self, folder: str, indices: list[int]) -> tuple[float, float]:
+        """eval_loss on this rank's rows of the validation set, read here by index."""
+        return self.eval_loss(self._read_rows(folder, indices))
 
     def _temperature(self) -> float:
         """Temperature the RL log-probs are taken at: the sampling temperature when the learner provides the

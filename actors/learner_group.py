@@ -81,10 +81,39 @@ class LearnerGroup:
                     s["old_logprobs"].append([])
         return shards
 
-    def train_step(self, batch: dict, global_count: float) -> dict:
+    def shard_rows(self, indices: list[int]) -> list[list[int]]:
+        """Round-robin split of a batch's row indices over the ranks, as `shard` splits rows; shorter shards get
+        -1 (a padding row without loss), so every rank runs the same number of forwards."""
+        shards = [list(indices[i :: self.world_size]) for i in range(self.world_size)]
+        width = max(len(s) for s in shards)
+        return [s + [-1] * (width - len(s)) for s in shards]
+
+    def train_rows(self, folder: str, indices: list[int], global_count: float) -> dict:
+        """One SFT step on these rows of the tokenized set in `folder`: each rank gets only its indices and reads
+        its rows itself. `rows_per_rank` says how many each read."""
         results = self._gather(
-            [r.train_step.remote(s, global_count) for r, s in zip(self.ranks, self.shard(batch))]
+            [
+                r.train_rows.remote(folder, s, global_count)
+                for r, s in zip(self.ranks, self.shard_rows(indices))
+            ]
         )
+        return dict(self._reduce(results), rows_per_rank=[r["rows_read"] for r in results])
+
+    def eval_rows(self, folder: str, indices: list[int]) -> float:
+        """Mean response-token loss over these rows of the set in `folder`, each rank reading its own."""
+        parts = self._gather(
+            [r.eval_rows.remote(folder, s) for r, s in zip(self.ranks, self.shard_rows(indices))]
+        )
+        return sum(p[0] for p in parts) / max(1.0, sum(p[1] for p in parts))
+
+    def train_step(self, batch: dict, global_count: float) -> dict:
+        return self._reduce(
+            self._gather(
+                [r.train_step.remote(s, global_count) for r, s in zip(self.ranks, self.shard(batch))]
+            )
+        )
+
+    def _reduce(self, results: list[dict]) -> dict:
         # Each rank's loss is its share of the global mean times world_size (DeepSpeed averages gradients).
         out = {
             "loss": sum(r["loss"] for r in results) / self.world_size,

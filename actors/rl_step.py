@@ -13,7 +13,7 @@ import ray
 import torch
 
 from actors.rl_members import GroupMembers
-from switchpoint.data import format_prompt
+from switchpoint.data import chat_tokenizer_or_none, format_prompt
 from trainers import CORRECT_THRESHOLD, rl_objective, summarize_eval
 from trainers.sampling import ShortBatchError, settle_short_batch
 
@@ -23,6 +23,8 @@ class RLStepper(GroupMembers):
         self.cfg, self.learner, self.workers, self.verifier = cfg, learner, workers, verifier
         self.tokenizer, self.hf_config = tokenizer, hf_config
         self.template = cfg.data.prompt_template
+        # data.chat_template: prompts go to vLLM in the tokenizer's chat template, as SFT trained them.
+        self.chat = chat_tokenizer_or_none(tokenizer, cfg.data.chat_template, "the model folder")
         self.objective = rl_objective(cfg.rl.algorithm)
         self.rl_rows = splits.rl
         # The paper's max prompt length: longer prompts are left out (veRL's filter_overlong_prompts).
@@ -60,7 +62,8 @@ class RLStepper(GroupMembers):
     def _encode(self, rows: list[dict]) -> list[list[int]]:
         # Same tokenization as the SFT data (switchpoint.data): template applied, no special tokens added.
         return [
-            self.tokenizer.encode(format_prompt(r, self.template), add_special_tokens=False) for r in rows
+            self.tokenizer.encode(format_prompt(r, self.template, self.chat), add_special_tokens=False)
+            for r in rows
         ]
 
     def _generate(self, prompts: list[list[int]], n: int, temperature: float, seed: int | None) -> list[dict]:

@@ -16,19 +16,12 @@ from plasticity.regimes import Decision, make_policy, online_regime, severe_for
 
 
 class SFTPhase:
-    def _batch(self) -> list[dict]:
-        return [self.sft_train[i] for i in self.batches.next_indices()]
-
-    @staticmethod
-    def _stack(examples: list[dict]) -> dict:
-        return {
-            "input_ids": [e["input_ids"] for e in examples],
-            "loss_mask": [e["loss_mask"] for e in examples],
-        }
+    """Batches are row indices into the tokenized SFT set (switchpoint/sft_dataset.py); each learner rank reads
+    its own rows of a batch from the set's Arrow files, so no token list passes through the controller."""
 
     def _validate(self, step: int, flops: float, policy, val_losses: list) -> object:
         self._phase("sft: validation")
-        val = self.learner.eval_loss(self._stack(self.sft_val))
+        val = self.learner.eval_rows(self.sft_sets["sft_val"], list(range(self.n_sft_val)))
         val_losses.append([step, val])
         regime = online_regime([v for _, v in val_losses], self.cfg.switch.delta, self.cfg.switch.delta2)
         self.learner.save_hf(self.folder.checkpoint_path(step))
@@ -53,7 +46,7 @@ class SFTPhase:
         cfg = self.cfg
         policy = make_policy(cfg.switch.policy, cfg.switch.delta, cfg.switch.delta2, cfg.switch.patience)
         val_losses: list = self.summary["sft_val_losses"]  # filled in place: a crash keeps the curve
-        self.batches = SFTBatches(len(self.sft_train), cfg.sft.batch_size, cfg.run.seed)
+        self.batches = SFTBatches(len(self.sft_lengths), cfg.sft.batch_size, cfg.run.seed)
         self.t_sft = time.time() - (st["sft_seconds"] if st else 0.0)
         if st is None:
             step, self.sft_flops, self.regimes_seen = 0, 0.0, []
@@ -72,11 +65,11 @@ class SFTPhase:
                 )
                 break
             self._inject("sft", step + 1)
-            batch = self._batch()
-            global_tokens = sum(sum(e["loss_mask"][1:]) for e in batch)
-            out = self.learner.train_step(self._stack(batch), global_tokens)
+            batch = self.batches.next_indices()
+            global_tokens = int(self.sft_trained[batch].sum())
+            out = self.learner.train_rows(self.sft_sets["sft_train"], batch, global_tokens)
             step += 1
-            mean_len = sum(len(e["input_ids"]) for e in batch) / len(batch)
+            mean_len = float(self.sft_lengths[batch].mean())
             self.sft_flops += sft_step_flops(self.hf_config, len(batch), mean_len)
             self.state.update(phase="sft", step=step)
             self.state["last"].update(loss=out["loss"])
@@ -88,6 +81,7 @@ class SFTPhase:
                 "flops": self.sft_flops,
                 "lr": out["lr"],
                 "grad_norm": out["grad_norm"],
+                "rows_per_rank": out["rows_per_rank"],  # each rank read only its shard of the batch
                 "seconds": time.time() - self.state["started"],
             }
             self.folder.log(row)

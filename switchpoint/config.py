@@ -98,6 +98,15 @@ class DataConfig:
     """Python format string applied to the prompt before tokenizing, e.g. a chat wrapper."""
     max_len: int = 96
     """Maximum tokens of prompt + response for SFT (longer rows are truncated)."""
+    chat_template: bool = False
+    """Wrap each prompt (after prompt_template) as a user turn in the tokenizer's chat template
+    (`apply_chat_template`, generation prompt added), for SFT, RL and held-out prompts alike; an instruct model's
+    eos should be its end-of-turn token. The tokenizer must have a chat template."""
+    cache_dir: str = "artifacts/data_cache"
+    """Where tokenized SFT sets are cached as Arrow files, one folder per data file content, tokenizer and
+    settings. Learner ranks read it, so on several nodes it must be shared storage."""
+    num_proc: int = 0
+    """Processes that tokenize an SFT set (datasets' map; 0: up to 8, by the machine's cores)."""
 
 
 @dataclass
@@ -419,6 +428,7 @@ NON_NEGATIVE = (
     "sft.stop_after_severe",
     "checkpoint.keep_last_hf",
     "checkpoint.rl_every",
+    "data.num_proc",
     "faults.max_faults",
     "faults.actor_max_restarts",
 )

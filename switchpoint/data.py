@@ -34,7 +34,16 @@ PARQUET_SUFFIXES = (".parquet",)
 def load_rows(
     path: str | Path, *, columns: Mapping[str, str], required: Sequence[str], split: str
 ) -> list[dict[str, str]]:
-    """Read a data file into rows keyed by our field names, every value a str.
+    """Read a data file into rows keyed by our field names, every value a str (see `iter_rows`)."""
+    return [row for _, row in iter_rows(path, columns=columns, required=required, split=split)]
+
+
+def iter_rows(
+    path: str | Path, *, columns: Mapping[str, str], required: Sequence[str], split: str
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Stream a data file as (row number, row): the 1-based line of a jsonl file, the 0-based row of a parquet
+    file (as errors name them); rows keyed by our field names, every value a str. The file is checked (exists,
+    known extension) at the call, each row as it is read.
 
     `columns` maps our field names to the file's column names; a field not in `columns` is looked up
     under its own name. Each row holds every field of `required` and `columns`: required ones must be
@@ -61,7 +70,10 @@ def load_rows(
             f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)}"
         )
 
-    rows = []
+    return _checked_rows(records, where, row_label, fields, file_columns, required)
+
+
+def _checked_rows(records, where, row_label, fields, file_columns, required):
     for row_number, record in records:
         row = {}
         for field in fields:
@@ -75,8 +87,7 @@ def load_rows(
                     f"(column {file_columns[field]!r}) is missing or empty"
                 )
             row[field] = text
-        rows.append(row)
-    return rows
+        yield row_number, row
 
 
 def _as_text(value: Any, *, where: str, numbers: bool = True) -> str:
@@ -177,17 +188,42 @@ def row_label(path: str | Path, index: int) -> str:
     return f"row {index}"
 
 
-def format_prompt(row: Mapping[str, str], prompt_template: str) -> str:
-    """The prompt text the model sees: `prompt_template` with {prompt} replaced by the row's prompt."""
+def format_prompt(row: Mapping[str, str], prompt_template: str, chat_tokenizer: Any = None) -> str:
+    """The prompt text the model sees: `prompt_template` with {prompt} replaced by the row's prompt; with a
+    `chat_tokenizer` (data.chat_template), that text as a user turn in the tokenizer's chat template, ready for
+    the assistant's answer."""
     if "prompt" not in row:
         raise ValueError(f"row has no 'prompt' field; fields present: {sorted(row)}")
+    return render_prompt(row["prompt"], prompt_template, chat_tokenizer)
+
+
+def render_prompt(prompt: str, prompt_template: str, chat_tokenizer: Any = None) -> str:
+    """`format_prompt` for a prompt string."""
     try:
-        return prompt_template.format_map({"prompt": row["prompt"]})
+        text = prompt_template.format_map({"prompt": prompt})
     except (KeyError, IndexError, ValueError) as error:
         raise ValueError(
             f"prompt_template {prompt_template!r} is invalid ({error!r}); it may only use {{prompt}} "
             "(write literal braces as {{ and }})"
         ) from None
+    if chat_tokenizer is None:
+        return text
+    return chat_tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def chat_tokenizer_or_none(tokenizer: Any, chat_template: bool, where: str) -> Any:
+    """The tokenizer when data.chat_template is on (a ValueError naming `where` if it has no chat template),
+    else None: what `format_prompt` takes."""
+    if not chat_template:
+        return None
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"config key 'data.chat_template' is true but the tokenizer in {where} has no chat template "
+            "(chat_template in tokenizer_config.json or chat_template.jinja); set data.chat_template false"
+        )
+    return tokenizer
 
 
 @dataclass

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 
 from switchpoint.checks import check_model_folder, check_output_dir, load_tokenizer
 from switchpoint.config import Config, ConfigError
-from switchpoint.data import format_prompt, load_rows, row_label
+from switchpoint.data import chat_tokenizer_or_none, format_prompt, load_rows, row_label
+from switchpoint.sft_dataset import SftSetSpec, build_sft_set, cached_folder, install, is_complete
+
+SFT_SPLITS = ("sft_train", "sft_val")
+"""Splits tokenized into cached Arrow sets (switchpoint/sft_dataset.py); the others are read as rows."""
 
 
 @dataclass
 class Splits:
-    sft_train: list[dict]
-    """SFT trajectories: prompt, response, answer."""
-    sft_val: list[dict]
-    """Validation trajectories for the SFT loss curve."""
     rl: list[dict]
     """RL prompts with reference answers."""
     eval: list[dict]
@@ -29,6 +29,7 @@ def resolve_paths(cfg: Config) -> Config:
     cfg.model.path = os.path.abspath(cfg.model.path)
     cfg.run.output_dir = os.path.abspath(cfg.run.output_dir)
     cfg.data.dir = os.path.abspath(cfg.data.dir)
+    cfg.data.cache_dir = os.path.abspath(cfg.data.cache_dir)
     for key in ("sft_train_path", "sft_val_path", "rl_path", "eval_path"):
         if getattr(cfg.data, key):
             setattr(cfg.data, key, os.path.abspath(getattr(cfg.data, key)))
@@ -122,69 +123,127 @@ def _synthetic_paths(cfg: Config) -> dict[str, str]:
     return {name: os.path.join(folder, f"{name}.parquet") for name in ("sft_train", "sft_val", "rl", "eval")}
 
 
-def load_splits(cfg: Config) -> tuple[Splits, dict[str, str]]:
+def split_paths(cfg: Config) -> dict[str, str]:
+    """The four splits' files: the synthetic ones (written on first use) or data.*_path."""
     if cfg.data.source == "synthetic":
-        paths = _synthetic_paths(cfg)
-    else:
-        paths = {
-            "sft_train": cfg.data.sft_train_path,
-            "sft_val": cfg.data.sft_val_path,
-            "rl": cfg.data.rl_path,
-            "eval": cfg.data.eval_path,
-        }
+        return _synthetic_paths(cfg)
+    return {
+        "sft_train": cfg.data.sft_train_path,
+        "sft_val": cfg.data.sft_val_path,
+        "rl": cfg.data.rl_path,
+        "eval": cfg.data.eval_path,
+    }
+
+
+def load_splits(cfg: Config, paths: dict[str, str] | None = None) -> tuple[Splits, dict[str, str]]:
+    """The RL and held-out rows (prompt, answer; the response too for objectives that use the expert), and
+    every split's path."""
+    paths = paths or split_paths(cfg)
     columns = {
         "prompt": cfg.data.columns.prompt,
         "response": cfg.data.columns.response,
         "answer": cfg.data.columns.answer,
     }
-    need = {
-        "sft_train": ("prompt", "response"),
-        "sft_val": ("prompt", "response"),
-        "rl": ("prompt", "answer"),
-        "eval": ("prompt", "answer"),
-    }
+    need = {"rl": ("prompt", "answer"), "eval": ("prompt", "answer")}
     from trainers.objectives import rl_objective
 
     if rl_objective(cfg.rl.algorithm).needs_expert:  # LUFFY & co.: RL groups use the expert trajectory
         need["rl"] = ("prompt", "answer", "response")
     rows = {}
-    for name, path in paths.items():
+    for name in need:
         cols = {k: v for k, v in columns.items() if k in need[name]}
-        rows[name] = load_rows(path, columns=cols, required=need[name], split=name)
+        rows[name] = load_rows(paths[name], columns=cols, required=need[name], split=name)
         if not rows[name]:
-            raise ConfigError(f"data split {name!r} at {path} has no rows")
+            raise ConfigError(f"data split {name!r} at {paths[name]} has no rows")
     return Splits(**rows), paths
 
 
-def check_inputs(cfg: Config) -> None:
+def sft_specs(cfg: Config, model_path: str, paths: dict[str, str]) -> dict[str, SftSetSpec]:
+    d = cfg.data
+    return {
+        name: SftSetSpec(
+            path=paths[name],
+            split=name,
+            prompt_column=d.columns.prompt,
+            response_column=d.columns.response,
+            tokenizer_dir=model_path,
+            max_len=d.max_len,
+            prompt_template=d.prompt_template,
+            chat_template=d.chat_template,
+        )
+        for name in SFT_SPLITS
+    }
+
+
+def build_missing_sft_sets(cfg: Config, model_path: str, paths: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """{split: (cache folder, built folder or "")}: each SFT set found in data.cache_dir, or tokenized now into
+    a temporary folder (`install_sft_sets` moves it into the cache). A bad row raises one ConfigError line."""
+    out = {}
+    built: list[str] = []
+    try:
+        for name, spec in sft_specs(cfg, model_path, paths).items():
+            folder = cached_folder(spec, cfg.data.cache_dir)
+            if is_complete(folder):
+                out[name] = (folder, "")
+                continue
+            try:
+                tmp, _ = build_sft_set(spec, cfg.data.num_proc)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            built.append(tmp)
+            out[name] = (folder, tmp)
+    except BaseException:
+        for tmp in built:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def install_sft_sets(found: dict[str, tuple[str, str]]) -> dict[str, str]:
+    return {name: install(tmp, folder) if tmp else folder for name, (folder, tmp) in found.items()}
+
+
+def sft_sets(cfg: Config, model_path: str, paths: dict[str, str]) -> dict[str, str]:
+    """{split: cache folder} of the tokenized SFT sets, built where missing."""
+    return install_sft_sets(build_missing_sft_sets(cfg, model_path, paths))
+
+
+def check_inputs(cfg: Config) -> dict[str, str]:
     """Everything about the model and the data that can fail, checked in this process before Ray starts:
-    the model folder (files, vLLM architecture, tokenizer with eos), every data row, and prompts that would not
-    fit data.max_len (SFT) or the model's positions (RL and held-out prompts); last, that run.output_dir takes
-    a file (so a bad model or data row leaves no empty output folder behind)."""
+    the model folder (files, vLLM architecture, tokenizer with eos, a chat template if data.chat_template), every
+    data row, and prompts that would not fit data.max_len (SFT) or the model's positions (RL and held-out
+    prompts); last, that run.output_dir takes a file (so a bad model or data row leaves no empty output folder
+    behind). The SFT sets are tokenized here into the cache (data.cache_dir), which is written only once all
+    checks passed; returns their folders."""
     path = ensure_model(cfg)
     check_model_folder(cfg, path, check_architecture=not cfg.model.build_tiny)  # we build Llama ourselves
     tokenizer = load_tokenizer(path)
+    try:
+        chat = chat_tokenizer_or_none(tokenizer, cfg.data.chat_template, f"model folder {path}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     splits, paths = load_splits(cfg)
     with open(os.path.join(path, "config.json")) as f:
         max_positions = json.load(f).get("max_position_embeddings")
-    limits = {"sft_train": cfg.data.max_len, "sft_val": cfg.data.max_len}
     if isinstance(max_positions, int):
-        limits.update(rl=max_positions, eval=max_positions)
-    for name, limit in limits.items():
-        rows = getattr(splits, name)
-        prompts = [format_prompt(row, cfg.data.prompt_template) for row in rows]
-        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-        index = next((i for i, n in enumerate(lengths) if n >= limit), None)
-        if index is None:
-            continue
-        where = f"{name} file {paths[name]}: {row_label(paths[name], index)}"
-        if name.startswith("sft"):
+        for name in ("rl", "eval"):
+            rows = getattr(splits, name)
+            prompts = [format_prompt(row, cfg.data.prompt_template, chat) for row in rows]
+            lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+            index = next((i for i, n in enumerate(lengths) if n >= max_positions), None)
+            if index is None:
+                continue
             raise ConfigError(
-                f"{where}: the prompt alone is {lengths[index]} tokens and config key 'data.max_len' is {limit}, "
-                "so no response token would be trained on; raise data.max_len or shorten the prompt"
+                f"{name} file {paths[name]}: {row_label(paths[name], index)}: the prompt is {lengths[index]} "
+                f"tokens, the model takes {max_positions} (max_position_embeddings of {path}), so vLLM cannot "
+                "generate for it; shorten or drop the row"
             )
-        raise ConfigError(
-            f"{where}: the prompt is {lengths[index]} tokens, the model takes {limit} "
-            f"(max_position_embeddings of {path}), so vLLM cannot generate for it; shorten or drop the row"
-        )
-    check_output_dir(cfg.run.output_dir)
+    found = build_missing_sft_sets(cfg, path, paths)
+    try:
+        check_output_dir(cfg.run.output_dir)
+    except BaseException:
+        for _, tmp in found.values():
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return install_sft_sets(found)

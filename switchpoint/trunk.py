@@ -21,6 +21,8 @@ REGIMES = ("adaptive", "stable", "mild", "severe")
 PICKS = ("first", "middle", "last", "all")
 # Learner keys that act only after the switch: they do not change the trunk.
 RL_ONLY_LEARNER_KEYS = ("rl_lr", "rl_betas", "reset_optimizer_at_switch")
+# Data keys that say where and how fast the tokens are made, not which tokens: they do not change the trunk.
+LOADING_DATA_KEYS = ("cache_dir", "num_proc")
 
 
 def sft_settings(cfg: Config) -> dict:
@@ -30,7 +32,7 @@ def sft_settings(cfg: Config) -> dict:
     nested = {
         "run": {"seed": raw["run"]["seed"]},
         "model": raw["model"],
-        "data": raw["data"],
+        "data": {k: v for k, v in raw["data"].items() if k not in LOADING_DATA_KEYS},
         "learner": learner,
         "sft": raw["sft"],
     }
