@@ -27,6 +27,12 @@ def tok_dir(tmp_path_factory):
     return str(folder)
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_builds(tmp_path, monkeypatch):
+    """Builds go to this test's tmp_path, not the system temp dir (a failed build removes its own)."""
+    monkeypatch.setattr(sft_dataset.tempfile, "tempdir", str(tmp_path))
+
+
 def write(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return str(path)
@@ -107,6 +113,7 @@ def test_bad_rows_name_file_and_line(tmp_path, tok_dir, bad, needle):
     with pytest.raises(ValueError) as error:
         build_sft_set(spec_for(path, tok_dir))
     assert needle.format(path=path) in str(error.value) and "\n" not in str(error.value)
+    assert sorted(os.listdir(tmp_path)) == ["train.jsonl"]  # the half-built set is gone
 
 
 def test_every_row_cut_is_refused(tmp_path, tok_dir):
