@@ -95,23 +95,25 @@ def cache_key(spec: SftSetSpec) -> str:
 
 
 class SftSet:
-    """An opened tokenized set: rows memory-mapped from the cache folder's Arrow files."""
+    """An opened tokenized set: rows memory-mapped from the cache folder's Arrow files (read with pyarrow alone,
+    so the controller and the learner ranks never import `datasets`)."""
 
     def __init__(self, folder: str):
-        from datasets import Dataset, concatenate_datasets
-
         self.folder = folder
         with open(os.path.join(folder, META_FILE)) as f:
             self.meta = json.load(f)
-        parts = [Dataset.from_file(os.path.join(folder, name)) for name in self.meta["files"]]
-        self.dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        tables = [
+            pa.ipc.open_stream(pa.memory_map(os.path.join(folder, name))).read_all()
+            for name in self.meta["files"]
+        ]
+        self.table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.table.num_rows
 
     def column(self, name: str):
         """A numeric column as a numpy array (lengths, prompt_len: 4 bytes a row)."""
-        return self.dataset.data.column(name).to_numpy()
+        return self.table.column(name).to_numpy()
 
     def trained_tokens(self):
         """Per row, the tokens the SFT loss counts: response and eos within max_len (position 0 never has a
@@ -124,7 +126,10 @@ class SftSet:
         """input_ids and loss_mask lists of these rows, in this order (what LearnerRank.train_step takes)."""
         if not indices:
             return {"input_ids": [], "loss_mask": []}
-        rows = self.dataset[list(indices)]
+        rows = self.table.take(pa.array(indices, type=pa.int64())).select(
+            ["input_ids", "prompt_len", "length"]
+        )
+        rows = rows.to_pydict()
         masks = [[0] * p + [1] * (n - p) for p, n in zip(rows["prompt_len"], rows["length"])]
         return {"input_ids": rows["input_ids"], "loss_mask": masks}
 
