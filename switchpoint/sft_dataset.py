@@ -126,11 +126,11 @@ class SftSet:
         """input_ids and loss_mask lists of these rows, in this order (what LearnerRank.train_step takes)."""
         if not indices:
             return {"input_ids": [], "loss_mask": []}
-        rows = self.table.take(pa.array(indices, type=pa.int64())).select(
-            ["input_ids", "prompt_len", "length"]
-        )
-        rows = rows.to_pydict()
-        masks = [[0] * p + [1] * (n - p) for p, n in zip(rows["prompt_len"], rows["length"])]
+        # Row by row: Table.take would first join the chunks of the whole column (a copy of every token).
+        ids, prompt_len, length = (self.table.column(c) for c in ("input_ids", "prompt_len", "length"))
+        rows = {"input_ids": [ids[i].as_py() for i in indices]}
+        shape = [(prompt_len[i].as_py(), length[i].as_py()) for i in indices]
+        masks = [[0] * p + [1] * (n - p) for p, n in shape]
         return {"input_ids": rows["input_ids"], "loss_mask": masks}
 
 
