@@ -84,9 +84,15 @@ def head(src: str, dst: str, rows: int) -> None:
 
 
 def peak() -> dict:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"peak_rss_mib": round(own), "peak_child_rss_mib": round(kids)}
+    """Peak RSS of this process and of its largest child, and the CPU seconds of both (CPU time, unlike wall
+    time, hardly depends on how busy a shared machine is)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return {
+        "peak_rss_mib": round(own.ru_maxrss / 1024),
+        "peak_child_rss_mib": round(kids.ru_maxrss / 1024),
+        "cpu_s": cpu,
+    }
 
 
 def measure_lists(data: str, tok_dir: str) -> dict:
@@ -96,7 +102,7 @@ def measure_lists(data: str, tok_dir: str) -> dict:
     from switchpoint.data import load_rows, tokenize_sft_with_stats
 
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    base = peak()["peak_rss_mib"]
+    base, cpu0 = peak()["peak_rss_mib"], peak()["cpu_s"]
     t0 = time.perf_counter()
     rows = load_rows(
         data,
@@ -118,6 +124,7 @@ def measure_lists(data: str, tok_dir: str) -> dict:
         "base_rss_mib": base,
         "batch_rows": len(stacked["input_ids"]),
         **peak(),
+        "cpu_s": peak()["cpu_s"] - cpu0,
     }
 
 
@@ -129,7 +136,7 @@ def measure_arrow(data: str, tok_dir: str, cache: str, num_proc: int) -> dict:
     from actors.run_state import SFTBatches
     from switchpoint.sft_dataset import SftSet, SftSetSpec, build_sft_set, cached_folder, install, is_complete
 
-    base = peak()["peak_rss_mib"]
+    base, cpu0 = peak()["peak_rss_mib"], peak()["cpu_s"]
     spec = SftSetSpec(
         path=data,
         split="sft_train",
@@ -167,6 +174,7 @@ def measure_arrow(data: str, tok_dir: str, cache: str, num_proc: int) -> dict:
         "global_tokens": global_tokens,
         "mean_len": mean_len,
         **peak(),
+        "cpu_s": peak()["cpu_s"] - cpu0,
     }
 
 
@@ -231,27 +239,30 @@ def main() -> None:
         f"\n{a.rows:,} SFT rows, {cold['tokens'] / a.rows:.0f} tokens a row on average, "
         f"batch {BATCH}, {RANKS} ranks\n"
     )
-    print("| path | rows measured | time to first batch | peak RSS (process) | peak RSS (largest child) |")
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        "| path | rows measured | time to first batch | CPU time | peak RSS (process) | peak RSS (largest child) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for name in ("arrow cold", "arrow warm"):
         r = results[name]
         print(
-            f"| {name} | {r['rows']:,} | {r['total_s']:.1f} s | {r['peak_rss_mib']} MiB | "
+            f"| {name} | {r['rows']:,} | {r['total_s']:.1f} s | {r['cpu_s']:.1f} s | {r['peak_rss_mib']} MiB | "
             f"{r['peak_child_rss_mib']} MiB |"
         )
     if a.target != a.rows:
         s = a.target / a.rows
         print(
             f"| arrow cold, {a.target:,} EXTRAPOLATED x{s:g} (time only) | (not run) | "
-            f"{cold['total_s'] * s:.0f} s | - | - |"
+            f"{cold['total_s'] * s:.0f} s | {cold['cpu_s'] * s:.0f} s | - | - |"
         )
     print(
-        f"| lists (today) | {lists['rows']:,} | {lists['total_s']:.1f} s | {lists['peak_rss_mib']} MiB | - |"
+        f"| lists (today) | {lists['rows']:,} | {lists['total_s']:.1f} s | {lists['cpu_s']:.1f} s | "
+        f"{lists['peak_rss_mib']} MiB | - |"
     )
     grown = lists["base_rss_mib"] + (lists["peak_rss_mib"] - lists["base_rss_mib"]) * scale
     print(
         f"| lists (today), {a.target:,} EXTRAPOLATED x{scale:g} (linear) | (not run) | "
-        f"{lists['total_s'] * scale:.0f} s | {grown:.0f} MiB | - |"
+        f"{lists['total_s'] * scale:.0f} s | {lists['cpu_s'] * scale:.0f} s | {grown:.0f} MiB | - |"
     )
     print(
         f"\none rank's read of its {results['arrow warm']['rank_rows']} rows: "
