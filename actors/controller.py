@@ -190,6 +190,7 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
         summary = self.summary
         summary["faults"] = [r for r in self.folder.rows if r.get("phase") == "fault"]
         summary["actor_pids"] = {"at_start": self.pids, "at_end": self._pids()}
+        summary["weight_sync"] = self.sync.describe()
         final_dir = os.path.join(self.run_dir, "checkpoints", "final")
         self.learner.save_hf(final_dir)
         summary["final_checkpoint"] = final_dir
@@ -323,6 +324,8 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             "sync_seconds": sync["seconds"],
             "at_seconds": at_seconds,
             "weight_sync": self.sync.name,
+            "weight_sync_backend": sync.get("backend", self.sync.name),
+            "weight_sync_fallback": sync.get("fallback"),
             "greedy_check": self._on_rollouts("greedy check", self._check_sync),
             "same_processes": self._pids() == self.pids,
         }
