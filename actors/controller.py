@@ -17,6 +17,7 @@ from ray.exceptions import RayActorError
 
 from actors.chaos import FaultInjector
 from actors.placement import Placement
+from actors.progress import ActorLog
 from actors.recovery import FaultTolerance
 from actors.resumable import Resumable
 from actors.rl_step import RLStepper
@@ -87,6 +88,8 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
         cfg, t_start = self.cfg, time.time()
         self.folder = RunFolder(self.run_dir, cfg)
         self.summary: dict = {"run_name": os.path.basename(self.run_dir), "policy": cfg.switch.policy}
+        self.run_log = ActorLog(self.status)  # the same lines as the driver's, in this actor's own log
+        self.run_log.start()
         try:
             return self._run(t_start)
         except BaseException as e:
@@ -100,6 +103,7 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             self.folder.plot(self.summary, cfg.switch.delta, cfg.switch.delta2)
             raise
         finally:
+            self.run_log.stop()
             self.folder.close()
             self._shutdown()
 
@@ -225,6 +229,7 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             self.engines_loaded = True
             acc0 = self._eval(switch["step"], sft_flops)
             self.summary["accuracy"]["at_switch"] = acc0["accuracy"]
+            self.run_log.switch(dict(switch, p_sft=acc0["accuracy"]))
             self.summary["eval_at_switch"] = acc0
             self.i, self.rl_flops, self.last_eval = 0, sft_flops, acc0
             self._save_state("rl", 0)
