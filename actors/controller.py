@@ -17,6 +17,7 @@ from ray.exceptions import RayActorError
 
 from actors.chaos import FaultInjector
 from actors.placement import Placement
+from actors.progress import ActorLog
 from actors.recovery import FaultTolerance
 from actors.resumable import Resumable
 from actors.rl_step import RLStepper
@@ -88,6 +89,8 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
         cfg, t_start = self.cfg, time.time()
         self.folder = RunFolder(self.run_dir, cfg)
         self.summary: dict = {"run_name": os.path.basename(self.run_dir), "policy": cfg.switch.policy}
+        self.run_log = ActorLog(self.status)  # the same lines as the driver's, in this actor's own log
+        self.run_log.start()
         try:
             return self._run(t_start)
         except BaseException as e:
@@ -101,6 +104,7 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             self.folder.plot(self.summary, cfg.switch.delta, cfg.switch.delta2)
             raise
         finally:
+            self.run_log.stop()
             self.folder.close()
             self._shutdown()
 
@@ -200,6 +204,7 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
         summary = self.summary
         summary["faults"] = [r for r in self.folder.rows if r.get("phase") == "fault"]
         summary["actor_pids"] = {"at_start": self.pids, "at_end": self._pids()}
+        summary["weight_sync"] = self.sync.describe()
         final_dir = os.path.join(self.run_dir, "checkpoints", "final")
         self.learner.save_hf(final_dir)
         summary["final_checkpoint"] = final_dir
@@ -234,6 +239,7 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             self.engines_loaded = True
             acc0 = self._eval(switch["step"], sft_flops)
             self.summary["accuracy"]["at_switch"] = acc0["accuracy"]
+            self.run_log.switch(dict(switch, p_sft=acc0["accuracy"]))
             self.summary["eval_at_switch"] = acc0
             self.i, self.rl_flops, self.last_eval = 0, sft_flops, acc0
             self._save_state("rl", 0)
@@ -333,6 +339,8 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             "sync_seconds": sync["seconds"],
             "at_seconds": at_seconds,
             "weight_sync": self.sync.name,
+            "weight_sync_backend": sync.get("backend", self.sync.name),
+            "weight_sync_fallback": sync.get("fallback"),
             "greedy_check": self._on_rollouts("greedy check", self._check_sync),
             "same_processes": self._pids() == self.pids,
         }

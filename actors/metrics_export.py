@@ -13,13 +13,13 @@ RunFolder.log hands each row here, so the controller (and a Tune trial's control
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 
 # Regimes as numbers for a gauge (the order of the paper's regimes in time); the name is also a tag.
 REGIME_CODE = {"adaptive": 0, "stable": 1, "mild": 2, "severe": 3}
 PHASES = ("sft", "switch", "rl", "fault", "resume")
-TRACKERS = ("tensorboard", "wandb")
 VALID_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 # (metric name, kind, row phase, row key, extra tag keys, description). A row feeds every entry whose phase and
@@ -100,6 +100,10 @@ class RayMetrics:
                 (metric.set if kind == "gauge" else metric.inc)(v, tags)
 
 
+def row_step(row: dict) -> int:
+    return int(row.get("step") or 0)
+
+
 def scalars(row: dict) -> dict[str, float]:
     """A row's numeric values as `phase/key` (nested: `phase/key/sub`), the regime as its code."""
     phase = str(row.get("phase", "row"))
@@ -118,17 +122,38 @@ def scalars(row: dict) -> dict[str, float]:
     return out
 
 
+_EVENT_FILES = itertools.count(1)
+
+
 class TensorBoardLog:
     def __init__(self, run_dir: str):
+        self.dir = os.path.join(run_dir, "tensorboard")
+        self.writer = self._open(None)
+
+    def _open(self, purge_step: int | None):
         from tensorboardX import SummaryWriter
 
-        self.dir = os.path.join(run_dir, "tensorboard")
-        self.writer = SummaryWriter(logdir=self.dir, flush_secs=10)
+        # Event file names carry the second they were opened: a suffix keeps a second writer of the same
+        # second (a rewind right after a resume) from overwriting the first one's file.
+        suffix = f".{os.getpid()}.{next(_EVENT_FILES):03d}"
+        return SummaryWriter(logdir=self.dir, flush_secs=10, purge_step=purge_step, filename_suffix=suffix)
 
     def write(self, row: dict) -> None:
-        step = int(row.get("step") or 0)
+        step = row_step(row)
         for tag, value in scalars(row).items():
             self.writer.add_scalar(tag, value, step)
+
+    def rewind(self, purge_step: int | None, rows_again: list[dict]) -> None:
+        """Steps from purge_step on are being redone: a new event file whose first event tells TensorBoard to
+        drop every earlier event at or after that step (all tags), then the rows to show again."""
+        if purge_step is not None:
+            self.writer.close()
+            self.writer = self._open(purge_step)
+        for row in rows_again:
+            self.write(row)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def image(self, tag: str, png_path: str) -> None:
         import matplotlib.image
@@ -141,6 +166,9 @@ class TensorBoardLog:
 
 class WandbLog:
     def __init__(self, run_dir: str, run_name: str, config: dict):
+        # wandb prints a banner and a run summary (some 30 lines) on stderr; in a job those reach the driver log
+        # between the progress lines. The run's files in RUN_DIR/wandb say the same. A user's WANDB_SILENT wins.
+        os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
         self.run = wandb.init(dir=run_dir, name=run_name, config=config, mode="offline", reinit="create_new")
@@ -158,12 +186,10 @@ class WandbLog:
 
 
 class MetricsExport:
-    """Where RunFolder sends each row beyond metrics.jsonl: Ray metrics when inside Ray, and `run.report_to`."""
+    """Where RunFolder sends each row beyond metrics.jsonl: Ray metrics when inside Ray, and `run.report_to`
+    (its values were checked with the config, switchpoint/checks.py)."""
 
     def __init__(self, run_dir: str, report_to: list, config: dict | None = None):
-        unknown = [t for t in report_to if t not in TRACKERS]
-        if unknown:
-            raise ValueError(f"run.report_to: unknown {unknown}; known: {', '.join(TRACKERS)}")
         import ray
 
         run = os.path.basename(os.path.normpath(run_dir))
@@ -180,6 +206,27 @@ class MetricsExport:
             self.ray.export(row)
         for t in self.trackers:
             t.write(row)
+
+    def rewind(self, rows: list[dict], dropped: list[dict], added: list[dict]) -> None:
+        """metrics.jsonl was rewritten as `rows` (a resume or a rebuilt learner redoes the dropped rows' steps; a
+        restored Tune branch brings rows back): trackers that can forget do, so a redone step shows once.
+        TensorBoard forgets by step across all tags, so rows kept at or after the first dropped step (SFT
+        validations past the branch point, fault rows) are written again, as are rows it never had. wandb keeps
+        what it logged (offline runs are append-only)."""
+        steps = [row_step(r) for r in dropped]
+        purge_step = min(steps) if steps else None
+        if purge_step is None and not added:
+            return
+        fresh = {id(r) for r in added}
+        again = [r for r in rows if id(r) in fresh or (purge_step is not None and row_step(r) >= purge_step)]
+        for t in self.trackers:
+            if hasattr(t, "rewind"):
+                t.rewind(purge_step, again)
+
+    def flush(self) -> None:
+        for t in self.trackers:
+            if hasattr(t, "flush"):
+                t.flush()
 
     def image(self, tag: str, png_path: str) -> None:
         for t in self.trackers:

@@ -31,6 +31,7 @@ class Resumable:
         )
 
     def _save_state(self, phase: str, step: int) -> None:
+        self.folder.flush()  # TensorBoard buffers events for seconds: those up to this state must survive a kill
         partial = self.states.begin(phase, step)
         self.learner.save_state(self.states.learner_path(partial))
         st = {

@@ -58,7 +58,13 @@ class RunFolder:
         self.export.export(row)
 
     def replace_rows(self, rows: list[dict]) -> None:
-        """Rewrite metrics.jsonl as exactly these rows (a resumed branch: no duplicated or missing rows)."""
+        """Rewrite metrics.jsonl as exactly these rows (a resumed branch: no duplicated or missing rows), and
+        have the trackers forget the rows left out (their steps are redone)."""
+        new = {json.dumps(_clean(r), sort_keys=True) for r in rows}
+        old = {json.dumps(r, sort_keys=True) for r in self.rows}
+        dropped = [r for r in self.rows if json.dumps(r, sort_keys=True) not in new]
+        added = [r for r in rows if json.dumps(_clean(r), sort_keys=True) not in old]
+        self.export.rewind(rows, dropped, added)
         self._metrics.close()
         path = os.path.join(self.path, "metrics.jsonl")
         with open(path + ".tmp", "w") as f:
@@ -67,6 +73,12 @@ class RunFolder:
         os.replace(path + ".tmp", path)
         self.rows = list(rows)
         self._metrics = open(path, "a")
+
+    def flush(self) -> None:
+        """Everything logged so far on disk, trackers included (at a resume state: a kill after it loses only
+        rows that are redone)."""
+        self._metrics.flush()
+        self.export.flush()
 
     def checkpoint_path(self, step: int) -> str:
         return os.path.join(self.path, "checkpoints", f"step_{step:06d}")

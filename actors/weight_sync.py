@@ -2,7 +2,8 @@
 
 - ObjectStoreSync: rank 0's state dict goes through Ray's object store, engines `reload_weights` in place.
 - DiskSync: the learner saves a Hugging Face folder, engines `reload_weights(weights_path=...)`.
-A NCCL broadcast for disaggregated GPUs would be a third implementation of the same two methods.
+- CollectiveSync (actors/collective_sync.py): rank 0 broadcasts over a torch.distributed group of its own with
+  the engines, NCCL on GPU and gloo on CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ class WeightSynchronizer(ABC):
     @abstractmethod
     def sync(self, learner, workers: list, step: int) -> dict:
         """Push the learner's current weights to every worker; returns timing figures."""
+
+    def describe(self) -> dict:
+        """What the run's summary records about how weights travelled."""
+        return {"name": self.name}
 
 
 class ObjectStoreSync(WeightSynchronizer):
@@ -55,4 +60,8 @@ def make_weight_sync(kind: str, run_dir: str) -> WeightSynchronizer:
         return ObjectStoreSync()
     if kind == "disk":
         return DiskSync(run_dir)
-    raise ValueError(f"unknown rollout.weight_sync {kind!r}; known: object_store, disk")
+    if kind == "collective":
+        from actors.collective_sync import CollectiveSync  # it builds on this module
+
+        return CollectiveSync()
+    raise ValueError(f"unknown rollout.weight_sync {kind!r}; known: object_store, disk, collective")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import time
 
 import ray
 
+from actors.progress import RUN_LOG_MARK, switch_line
+from actors.progress import fmt as _fmt
+from actors.progress import progress_line as _progress_line
 from cluster.placement_strategy import StrategyPlacement
 from cluster.resources import check_resources
 from switchpoint.config import Config, to_dict
@@ -47,7 +52,9 @@ def init_ray(cfg: Config | None = None, need_cpus: float | None = None) -> None:
         return
     env = job_runtime_env()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
+        with _quiet_code_upload():
+            ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
+        _drop_forwarded_run_log()
         return
     need = 4.0
     if need_cpus is not None:
@@ -60,14 +67,74 @@ def init_ray(cfg: Config | None = None, need_cpus: float | None = None) -> None:
             + 1
         )
     # Ray's CPU count is a scheduling budget: a small machine oversubscribes its cores rather than deadlock.
-    ray.init(
-        address="local",  # always a new local Ray, never a cluster already running here
-        num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        runtime_env=env,
-        log_to_driver=os.environ.get("SWITCHPOINT_RAY_LOGS") == "1",
-    )
+    forward = os.environ.get("SWITCHPOINT_RAY_LOGS") == "1"
+    with _quiet_code_upload():
+        ray.init(
+            address="local",  # always a new local Ray, never a cluster already running here
+            num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            runtime_env=env,
+            log_to_driver=forward,
+        )
+    if forward:
+        _drop_forwarded_run_log()
+
+
+UPLOAD_NOTICES = (
+    "Creating a file package for local module",
+    "Pushing file package",
+    "Successfully pushed file",
+)
+
+
+class _UploadNoticeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(UPLOAD_NOTICES)
+
+
+@contextlib.contextmanager
+def _quiet_code_upload():
+    """ray.init packs and uploads each py_modules package with three INFO lines apiece (15 lines before the run
+    folder's). Those notices are dropped on purpose, at the handlers of Ray's `ray` logger, which print them; a
+    failed upload raises, and Ray's other lines (warnings of the upload too) still show."""
+    handlers = list(logging.getLogger("ray").handlers)
+    quiet = _UploadNoticeFilter()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+def _drop_forwarded_run_log() -> None:
+    """The Controller logs the run's progress, switch and fault lines into its own log (the dashboard's actor
+    log, actors/progress.py); this driver prints them already, so the copies Ray forwards from the actor are
+    dropped before they reach the driver log. Every other forwarded line still comes. Ray keeps its forwarding
+    handler in a private dispatcher (Ray is pinned); if that changes, the lines come twice rather than not at all."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+
+    def without_run_log(forward):
+        def handler(batch):
+            lines = [line for line in batch.get("lines", []) if RUN_LOG_MARK not in line]
+            if lines:
+                forward(dict(batch, lines=lines))
+
+        handler.switchpoint_filter = True
+        return handler
+
+    with dispatcher._lock:
+        dispatcher.handlers = [
+            (name, fn if getattr(fn, "switchpoint_filter", False) else without_run_log(fn))
+            if name == "ray_print_logs"
+            else (name, fn)
+            for name, fn in dispatcher.handlers
+        ]
 
 
 def new_run_dir(cfg: Config) -> str:
@@ -81,33 +148,6 @@ def new_run_dir(cfg: Config) -> str:
     return path
 
 
-def _fmt(v, spec=".4f"):
-    return "-" if v is None else format(v, spec)
-
-
-def _progress_line(s: dict) -> str:
-    last = s.get("last", {})
-    phase = s["phase"]
-    if phase.startswith("sft"):
-        where = f"SFT {s['step']}/{s['sft_max_steps']}"
-    elif phase == "rl":
-        where = f"RL {s['step']}/{s['rl_steps']}"
-    else:
-        where = phase
-    parts = [f"[{s['elapsed']:6.0f}s] {where:<28}", f"loss {_fmt(last.get('loss'))}"]
-    if "switch_step" in last:
-        # After the switch the last SFT validation is stale; show the branch point RL started from.
-        sw_val = _fmt(last.get("switch_val_loss"))
-        parts.append(f"switched@{last['switch_step']} (val {sw_val}, {last['switch_regime']})")
-    else:
-        parts.append(f"val {_fmt(last.get('val_loss'))} ({last.get('regime', '-')})")
-    parts += [
-        f"reward {_fmt(last.get('reward'), '.3f')}",
-        f"held-out acc {_fmt(last.get('accuracy'), '.3f')}",
-    ]
-    return "  ".join(parts)
-
-
 def _switch_figures(controller) -> dict | None:
     """Run inside the Controller actor (`__ray_call__`): the switch record and P_sft once both exist."""
     summary = getattr(controller, "summary", None) or {}
@@ -115,14 +155,6 @@ def _switch_figures(controller) -> dict | None:
     if not summary.get("switch") or p_sft is None:
         return None
     return dict(summary["switch"], p_sft=p_sft)
-
-
-def switch_line(sw: dict) -> str:
-    """The switch on a line of its own: where RL branched, in which regime, why, and P_sft there."""
-    return (
-        f"switch: RL from SFT step {sw['step']} ({sw['regime']}, val loss {_fmt(sw['val_loss'])}), decided at "
-        f"step {sw['decided_at_step']}: {sw['reason']}; P_sft {_fmt(sw['p_sft'], '.3f')} (held-out avg@k)"
-    )
 
 
 LAUNCH_FILE = "launch.json"

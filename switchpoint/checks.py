@@ -25,6 +25,8 @@ WEIGHT_PATTERNS = (
     "pytorch_model.bin.index.json",
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+TRACKERS = ("tensorboard", "wandb")
+"""Values of run.report_to (actors/metrics_export.py writes each)."""
 
 
 def _non_finite(obj: Any, prefix: str = "") -> str | None:
@@ -78,6 +80,25 @@ def check_config(cfg: Config) -> None:
         )
     if cfg.model.build_tiny:
         _check_lengths(cfg, cfg.model.tiny.max_position_embeddings, "model.tiny.max_position_embeddings")
+    _check_trackers(cfg.run.report_to)
+
+
+def _check_trackers(report_to: list) -> None:
+    """Checked here, not where the Controller opens the trackers: that is after Ray and the actors started."""
+    unknown = [t for t in report_to if t not in TRACKERS]
+    if unknown:
+        raise ConfigError(
+            f"config key 'run.report_to' names {', '.join(map(repr, unknown))}; each entry one of "
+            f"{', '.join(TRACKERS)} ([] for none)"
+        )
+    if "wandb" in report_to:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "config key 'run.report_to' names wandb, but the wandb package is not installed here "
+                "(pip install 'switchpoint[wandb]', or leave wandb out of run.report_to)"
+            )
 
 
 def _get(cfg: Any, dotted: str) -> Any:

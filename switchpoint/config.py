@@ -192,7 +192,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory vLLM may take (GPU only)."""
     weight_sync: str = "object_store"
-    """How new weights reach the engines: object_store | disk."""
+    """How new weights reach the engines: object_store (rank 0's state dict through Ray's object store) | disk
+    (a Hugging Face folder) | collective (rank 0 broadcasts over a torch.distributed group with the engines:
+    NCCL when the learner is on CUDA, gloo on CPU; falls back to object_store, logged, when it cannot form)."""
     check_sync_prompts: int = 8
     """After the switch sync and at the end, compare greedy completions of the learner and of every engine on this
     many held-out prompts and record whether they match (0 skips the check)."""
@@ -372,7 +374,7 @@ class Config:
 CHOICES = {
     "data.source": ("synthetic", "files"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "rollout.weight_sync": ("object_store", "disk"),
+    "rollout.weight_sync": ("object_store", "disk", "collective"),
     "rl.old_logprobs": ("learner", "engine"),
     "rl.short_batch": ("partial", "skip", "error"),
     "learner.lr_schedule": ("constant", "cosine"),

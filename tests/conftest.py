@@ -40,6 +40,8 @@ def micro_run(tmp_path_factory):
         timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # ray.init's py_modules upload notices are dropped on purpose (cluster/runner.py): none on the console.
+    assert "file package" not in r.stdout + r.stderr, r.stderr[-3000:]
     (run_dir,) = [os.path.join(out, d) for d in os.listdir(out)]
     rows, summary = read_run(run_dir)
     return run_dir, rows, summary, r.stdout

@@ -97,6 +97,7 @@ CONFIG_CASES = [
     (["faults.max_faults=-1"], "config key 'faults.max_faults' must be >= 0, got -1"),
     (["switch.delta=0.2"], "config keys 'switch.delta' (0.2) and 'switch.delta2' (0.1) must satisfy"),
     (["rollout.max_tokens=200"], "config key 'rollout.max_tokens' (200) leaves no room for a prompt"),
+    (["run.report_to=[tensorboard, mlflow]"], "config key 'run.report_to' names 'mlflow'; each entry one of"),
 ]
 
 
@@ -105,6 +106,15 @@ def test_bad_config(capfd, tmp_path, monkeypatch, sets, needle):
     monkeypatch.chdir(tmp_path)
     line = run_cli(capfd, tmp_path, sets)
     assert needle in line, line
+
+
+def test_wandb_asked_for_but_not_installed(capfd, tmp_path, monkeypatch):
+    # The package made unimportable here (None in sys.modules is how Python marks a module that cannot load),
+    # so the case runs whether or not the wandb extra is installed.
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    monkeypatch.chdir(tmp_path)
+    line = run_cli(capfd, tmp_path, ["run.report_to=[tensorboard, wandb]"])
+    assert "config key 'run.report_to' names wandb, but the wandb package is not installed" in line, line
 
 
 def test_config_file_errors(capfd, tmp_path, monkeypatch):

@@ -5,7 +5,8 @@
   the training rows equal the uninterrupted run's (nothing lost, nothing counted twice);
 - the whole run (driver, Ray, every actor) killed with SIGKILL once in SFT and once in RL, each time continued
   with `switchpoint run --resume`: the rows equal the uninterrupted run's too, and so do the switch and the
-  final accuracy.
+  final accuracy;
+- in both, TensorBoard shows every redone step once.
 """
 
 import os
@@ -50,6 +51,25 @@ def assert_same_training(rows: list[dict], reference: list[dict]) -> None:
                 assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-6), (k, g, w)
             else:
                 assert g[k] == w[k], (k, g, w)
+
+
+def assert_tensorboard_shows_each_step_once(run_dir: str, rows: list[dict]) -> None:
+    """The run's TensorBoard files, read back as TensorBoard reads them: every series holds each step once, with
+    the value metrics.jsonl kept (a redone step's first try is gone)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(run_dir, "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    for tag, phase, key in [
+        ("sft/loss", "sft", "loss"),
+        ("sft/val_loss", "sft", "val_loss"),
+        ("rl/reward_mean", "rl", "reward_mean"),
+        ("rl/accuracy", "rl", "accuracy"),
+    ]:
+        want = [(r["step"], r[key]) for r in rows if r["phase"] == phase and r.get(key) is not None]
+        got = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in got] == [s for s, _ in want], tag
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), tag
 
 
 def _env(**extra) -> dict:
@@ -156,6 +176,7 @@ def test_kill_9_in_sft_and_in_rl_then_resume_matches_the_uninterrupted_run(micro
     rows, summary = read_run(run_dir)
 
     assert_same_training(rows, ref_rows)
+    assert_tensorboard_shows_each_step_once(run_dir, rows)
     resumes = [r for r in rows if r["phase"] == "resume"]
     assert [r["from"].split(" ")[0][6:] for r in resumes] == [sft_state[6:], "rl-000000"]
     assert summary["switch"]["step"] == ref_summary["switch"]["step"]
@@ -181,6 +202,9 @@ def test_injected_actor_faults_are_survived_and_cost_only_the_work_in_flight(mic
             f"run.output_dir={out}",
             "--set",
             f"faults.inject={faults}",
+            # Weights by broadcast: its group must form again with the new engine and the rebuilt learner.
+            "--set",
+            "rollout.weight_sync=collective",
         ],
         cwd=REPO,
         env=_env(),
@@ -193,6 +217,7 @@ def test_injected_actor_faults_are_survived_and_cost_only_the_work_in_flight(mic
     rows, summary = read_run(run_dir)
 
     assert_same_training(rows, ref_rows)  # no step lost or counted twice
+    assert_tensorboard_shows_each_step_once(run_dir, rows)  # a rebuilt learner's redone steps too
     fault_rows = [r for r in rows if r["phase"] == "fault"]
     by_role = {(r["role"], r["during"]) for r in fault_rows}
     assert ("learner", "sft") in by_role and ("learner", "rl") in by_role
@@ -204,6 +229,9 @@ def test_injected_actor_faults_are_survived_and_cost_only_the_work_in_flight(mic
     assert summary["faults"] == fault_rows
     assert summary["accuracy"]["final"] == pytest.approx(ref_summary["accuracy"]["final"])
     assert summary["greedy_check_final"]["equal"] is True
+    # Formed at the switch, again with the replacement engine, again with the rebuilt learner; never fell back.
+    assert summary["weight_sync"]["backend"] == "gloo" and summary["weight_sync"]["fallback"] is None
+    assert summary["weight_sync"]["groups_formed"] >= 3
     for f in fault_rows:  # each fault is announced on its own line
         assert f"{f['role']} {f['worker']} died" in r.stdout
 

@@ -1,10 +1,12 @@
 """Two Ray nodes on this one machine: a head and a second raylet (`ray start --address ...`) that alone has the
 custom resource `rollout_node`. The micro config goes in with `ray job submit` and `rollout.placement:
-resource:rollout_node`: the vLLM engine runs on the second node, learner ranks on the head, weights cross
-between them through the object store, and the engine's greedy output still equals the learner's.
+resource:rollout_node`: the vLLM engines run on the second node, learner ranks on the head, weights cross
+between them by a gloo broadcast (`rollout.weight_sync: collective`, a group of rank 0 and both engines), and
+the engines' greedy outputs still equal the learner's.
 
 The same job is where the dashboard-side checks look: switchpoint's series on the nodes' metrics endpoints
-(Prometheus text) with the run's tag and metrics.jsonl's values, and a driver log that is the run's own lines.
+(Prometheus text) with the run's tag and metrics.jsonl's values, a driver log that is the run's own lines, and the
+Controller actor's own log (what the dashboard shows for it) holding those lines too.
 """
 
 import json
@@ -95,6 +97,7 @@ def two_node_job(tmp_path_factory):
                 "python", "-m", "cluster.job", "--config", "configs/micro.yaml", "--set", f"run.output_dir={out}",
                 "--set", "rollout.placement=resource:rollout_node",
                 "--set", "rollout.num_workers=2",  # prompts spread over two engines, each synced across nodes
+                "--set", "rollout.weight_sync=collective",
                 # Model and data on storage both nodes see (here: this machine's disk), not in the job's copy.
                 "--set", f"model.path={out.parent / 'model'}", "--set", f"data.dir={out.parent / 'data'}",
             ]  # fmt: skip
@@ -140,6 +143,20 @@ def two_node_job(tmp_path_factory):
                     address,
                 )
             )
+            (controller,) = [a for a in actors if a["class_name"] == "Controller"]
+            # The actor's stderr as the dashboard's Logs tab fetches it (the state API).
+            controller_log = _ray(
+                env,
+                "logs",
+                "actor",
+                "--id",
+                controller["actor_id"],
+                "--err",
+                "--tail",
+                "-1",
+                "--address",
+                address,
+            )
         finally:
             node2.send_signal(signal.SIGTERM)
             try:
@@ -153,7 +170,7 @@ def two_node_job(tmp_path_factory):
     summary = json.loads((run_dir / "summary.json").read_text())
     return dict(
         run=run_dir.name, rows=rows, summary=summary, logs=logs, listing=listing, nodes=nodes, actors=actors,
-        seen=seen,
+        seen=seen, controller_log=controller_log,
     )  # fmt: skip
 
 
@@ -168,7 +185,8 @@ def test_rollout_worker_runs_on_the_second_node(two_node_job):
     assert nodes_of("LearnerRank") and node2 not in nodes_of("LearnerRank")
     s = job["summary"]
     assert len(s["actor_pids"]["at_start"]["rollout"]) == 2  # both engines synced (greedy checks below)
-    assert s["switch"]["weight_sync"] == "object_store"
+    assert s["switch"]["weight_sync"] == "collective" and s["switch"]["weight_sync_backend"] == "gloo"
+    assert s["switch"]["weight_sync_fallback"] is None
     assert s["switch"]["greedy_check"]["equal"] is True  # weights crossed nodes, greedy outputs match
     assert s["greedy_check_final"]["equal"] is True
     assert JOB_NAME in job["listing"]  # the job's name in `ray job list` and the dashboard's Name column
@@ -218,6 +236,18 @@ def test_job_log_is_the_runs_own_lines(two_node_job):
     assert len(ours) >= 0.8 * len(lines), two_node_job["logs"]
     assert sum(line.startswith("switch: RL from SFT step") for line in lines) == 1
     assert not any("Failed to load weights" in line or "Writing model shards" in line for line in lines)
+    assert not any(
+        "switchpoint.run: " in line for line in lines
+    )  # the Controller's copies stay in its own log
+
+
+def test_controller_actor_log_has_the_runs_lines(two_node_job):
+    marked = [line.split(" switchpoint.run: ", 1)[1] for line in two_node_job["controller_log"].splitlines()
+              if " switchpoint.run: " in line]  # fmt: skip
+    assert sum(re.match(r"^\[\s*\d+s\] (SFT|RL) ", line) is not None for line in marked) >= 3, marked
+    assert sum(line.startswith("switch: RL from SFT step") for line in marked) == 1, marked
+    final = two_node_job["summary"]["accuracy"]["final"]
+    assert marked[-1].startswith("[") and f"held-out acc {final:.3f}" in marked[-1], marked[-1]
 
 
 def test_placement_keys_are_checked_and_turned_into_options():
