@@ -3,7 +3,8 @@
 Both sides, one run, one machine: the same checkpoint, the same RL prompts, GRPO, P prompts x G samples, at most
 T new tokens, one optimizer update per step. switchpoint runs first (its own Ray session, shut down after), then
 TRL in a subprocess, so neither competes with the other for the cores. Prints each side's step time split into
-generate / verify (reward) / train / weight sync / other, generated tokens per second of whole step, and the ratio.
+generate / verify (reward) / train / weight sync / other, generated tokens per second of whole step, CPU seconds
+per step (all of switchpoint's processes; TRL's one process: the figure a loaded machine moves least), and ratios.
 
 Shapes: `tiny` (the tiny default after a short SFT, 40 new tokens) and `small` (hidden 512, 8 layers, 8 heads,
 random init, 128 new tokens). TRL comes from the `bench` extra (`pip install -e '.[bench]'`) or, without touching
@@ -27,6 +28,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+from benchmarks.cpu_watch import StepCPU  # noqa: E402
 
 PARTS = ("generate", "verify", "train", "weight_sync", "other")
 TRL_PATH = os.path.join(ROOT, ".venv-trl")
@@ -76,7 +79,9 @@ def switchpoint_side(shape: str, args) -> dict:
         sets += [f"model.path={args.tiny_checkpoint}", "model.build_tiny=false", "switch.policy=rl_only"]
     cfg = resolve_paths(load_config(args.config, sets))
     load0 = os.getloadavg()[0]
+    watch = StepCPU(cfg.run.output_dir, cfg.run.name)
     run_dir, _ = run_pipeline(cfg, quiet=True)
+    cpu = watch.stop()[1:]
     load1 = os.getloadavg()[0]
     import ray
 
@@ -89,7 +94,10 @@ def switchpoint_side(shape: str, args) -> dict:
         model = os.path.join(run_dir, "checkpoints", f"step_{args.sft_steps:06d}")
     splits, _ = load_splits(cfg)
     return {
-        "steps": [{**{p: r["timing"][p] for p in PARTS}, "tokens": r["gen_tokens"]} for r in steps],
+        "steps": [
+            {**{p: r["timing"][p] for p in PARTS}, "tokens": r["gen_tokens"], "cpu": sum(c.values())}
+            for r, c in zip(steps, cpu)
+        ],
         "model": model,
         "rl_rows": [{"prompt": r["prompt"], "answer": r["answer"]} for r in splits.rl],
         "template": cfg.data.prompt_template,
@@ -192,6 +200,7 @@ def trl_worker(job_path: str, out_path: str) -> None:
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *_, **__):
             acc.update(generate=0.0, verify=0.0, gen_and_score=0.0, tokens=0, t0=time.perf_counter())
+            acc["cpu0"] = time.process_time()
 
         def on_step_end(self, *_, **__):
             total = time.perf_counter() - acc["t0"]
@@ -203,6 +212,7 @@ def trl_worker(job_path: str, out_path: str) -> None:
                     "weight_sync": 0.0,  # one process: the policy that trains is the one that generates
                     "other": acc["gen_and_score"] - acc["generate"] - acc["verify"],
                     "tokens": acc["tokens"],
+                    "cpu": time.process_time() - acc["cpu0"],  # every thread of this one process
                 }
             )
 
@@ -218,24 +228,26 @@ def summarize(steps: list[dict]) -> dict:
     out["step_median"] = statistics.median(total)
     out["tokens"] = statistics.mean(s["tokens"] for s in steps)
     out["tok_per_s"] = sum(s["tokens"] for s in steps) / sum(total)
+    out["cpu"] = statistics.mean(s["cpu"] for s in steps)
     return out
 
 
 def print_table(results: dict) -> None:
     head = f"{'shape':<7}{'side':<13}{'step s':>8}{'median':>8}" + "".join(f"{p[:8]:>9}" for p in PARTS)
-    print(head + f"{'tokens':>8}{'tok/s':>8}")
+    print(head + f"{'tokens':>8}{'tok/s':>8}{'CPU s':>7}")
     for shape, sides in results.items():
         for side, s in sides.items():
             print(
                 f"{shape:<7}{side:<13}{s['step']:>8.2f}{s['step_median']:>8.2f}"
                 + "".join(f"{s[p]:>9.3f}" for p in PARTS)
-                + f"{s['tokens']:>8.0f}{s['tok_per_s']:>8.0f}"
+                + f"{s['tokens']:>8.0f}{s['tok_per_s']:>8.0f}{s['cpu']:>7.2f}"
             )
         sp, trl = sides["switchpoint"], sides["trl"]
         print(
             f"{shape:<7}ratio switchpoint/TRL step time {sp['step'] / trl['step']:.2f}x "
             f"(median {sp['step_median'] / trl['step_median']:.2f}x), "
-            f"tokens/s {sp['tok_per_s'] / trl['tok_per_s']:.2f}x"
+            f"tokens/s {sp['tok_per_s'] / trl['tok_per_s']:.2f}x, CPU seconds per step "
+            f"{sp['cpu'] / trl['cpu']:.2f}x"
         )
 
 
