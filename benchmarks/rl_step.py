@@ -9,7 +9,7 @@ lengths) and a few RL steps, then prints figures from the run's metrics.jsonl.
 others at 1x), GRPO with one update per step, on the config's model shape at random init (RL from the base
 model: its completions run long, so a longer cap means longer completions) in one Ray session:
 
-    python benchmarks/rl_step.py --grow [--rl-steps 4] [--prompts 16 --group 8 --new-tokens 40]
+    python benchmarks/rl_step.py --grow [--rl-steps 4] [--prompts 16 --group 8 --new-tokens 40] [--factors 2,4]
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=16, help="--grow: prompts per step at 1x")
     ap.add_argument("--group", type=int, default=8, help="--grow: group size at 1x")
     ap.add_argument("--new-tokens", type=int, default=40, help="--grow: completion cap at 1x")
+    ap.add_argument(
+        "--factors", type=lambda v: [int(x) for x in v.split(",")], default=[2, 4], help="--grow: e.g. 2,4"
+    )
     args = ap.parse_args()
     if args.grow:
         return grow(args)
@@ -99,7 +102,7 @@ def grow(args) -> int:
     base = {"prompts": args.prompts, "group": args.group, "new_tokens": args.new_tokens}
     points = [("1x", dict(base))]
     for knob in ("prompts", "group", "new_tokens"):
-        for f in (2, 4):
+        for f in args.factors:
             points.append((f"{knob} {f}x", {**base, knob: base[knob] * f}))
     table = []
     for label, p in points:
@@ -113,7 +116,7 @@ def grow(args) -> int:
                 f"rl.group_size={p['group']}",
                 f"rollout.max_tokens={p['new_tokens']}",
                 # room for prompt + the longest cap (a different random-init model than the default's)
-                f"model.tiny.max_position_embeddings={max(128, 2 * 4 * args.new_tokens)}",
+                f"model.tiny.max_position_embeddings={max(128, 2 * max(args.factors) * args.new_tokens)}",
                 f"rl.steps={args.rl_steps + 1}",
                 f"rl.eval_every={args.rl_steps + 1}",
                 "eval.max_prompts=16",
