@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test sweep lint bench clean-runs
+.PHONY: demo test sweep lint bench bench-trl bench-grow clean-runs
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/rl_step.py configs/tiny.yaml
+
+# switchpoint against TRL's GRPOTrainer on the same checkpoint, prompts and step shape (tiny and small shapes)
+bench-trl: $(STAMP)
+	$(PY) -m pip install -q -e '.[cpu,bench]'
+	$(PY) benchmarks/vs_trl.py
+
+# step time against prompts per step, group size and completion length (1x, 2x, 4x)
+bench-grow: $(STAMP)
+	$(PY) benchmarks/rl_step.py configs/tiny.yaml --grow
 
 clean-runs:
 	rm -rf runs artifacts

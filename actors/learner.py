@@ -41,6 +41,16 @@ def _mask(masks: list[list[int]], width: int):
     return out
 
 
+def length_grouped(lengths: list[int], size: int) -> list[list[int]]:
+    """Row indices in micro-batches of at most `size` rows (0: one batch), rows sorted by length first so each
+    micro-batch pads to a width near its rows' own: less compute on padding than chunks in arrival order. The
+    count of micro-batches depends only on the row count, so every rank runs the same number of forwards
+    (ZeRO-3 needs that)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    size = size or len(order) or 1
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
 class LearnerRank:
     """One DeepSpeed data-parallel rank."""
 
@@ -180,13 +190,13 @@ class LearnerRank:
         if self.objective == "sft":
             self._set_lr(self._sft_lr(self.sft_step))
             self.sft_step += 1
-        size = self.cfg.micro_batch_size or len(shard["input_ids"])
         sums: dict[str, float] = {}  # loss, tokens and other counts: summed
         means: dict[str, float] = {}  # token-weighted means
         maxima: dict[str, float] = {}  # keys ending in _max_dev: maxima over tokens
         weight = 0.0
-        for i in range(0, len(shard["input_ids"]), size):
-            micro = {k: v[i : i + size] for k, v in shard.items()}
+        lengths = [len(x) for x in shard["input_ids"]]
+        for rows in length_grouped(lengths, self.cfg.micro_batch_size):
+            micro = {k: [v[j] for j in rows] for k, v in shard.items()}
             loss, info = self._micro_loss(micro, global_count)
             # Each micro-batch loss is already a share of the global mean: no further scaling by DeepSpeed.
             self.engine.backward(loss, scale_wrt_gas=False)
@@ -248,16 +258,16 @@ class LearnerRank:
         import torch
 
         self.engine.eval()
-        size = self.cfg.micro_batch_size or len(shard["input_ids"])
-        out: list[list[float]] = []
+        out: list[list[float]] = [[] for _ in shard["input_ids"]]
         with torch.no_grad():
-            for i in range(0, len(shard["input_ids"]), size):
-                ids, attn = _pad(shard["input_ids"][i : i + size], self.pad_id)
+            for rows in length_grouped([len(x) for x in shard["input_ids"]], self.cfg.micro_batch_size):
+                ids, attn = _pad([shard["input_ids"][j] for j in rows], self.pad_id)
                 lps, _ = self._rl_logprobs(ids.to(self.device), attn)
-                for b, m in enumerate(shard["loss_mask"][i : i + size]):
+                for b, j in enumerate(rows):
+                    m = shard["loss_mask"][j]
                     n = sum(m)
                     start = m.index(1) - 1 if n else 0
-                    out.append(lps[b, start : start + n].float().cpu().tolist())
+                    out[j] = lps[b, start : start + n].float().cpu().tolist()
         return out
 
     def _micro_loss(self, micro: dict, global_count: float):

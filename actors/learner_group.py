@@ -126,7 +126,15 @@ class LearnerGroup:
         for key in ("clip_fraction", "approx_kl", "ratio_mean", "logprob_diff_vs_engine"):
             if key in results[0]:
                 out[key] = sum(r[key] * r.get("tokens", 0.0) for r in results) / weight
+        if "ratio_max_dev" in results[0]:
+            out["ratio_max_dev"] = max(r["ratio_max_dev"] for r in results)
         return out
+
+    def compute_logprobs(self, batch: dict) -> list[list[float]]:
+        """Every row's response-token log-probs under the current weights (LearnerRank.compute_logprobs), in
+        the batch's order."""
+        parts = self._gather([r.compute_logprobs.remote(s) for r, s in zip(self.ranks, self.shard(batch))])
+        return [parts[j % self.world_size][j // self.world_size] for j in range(len(batch["input_ids"]))]
 
     def eval_loss(self, batch: dict) -> float:
         parts = self._gather([r.eval_loss.remote(s) for r, s in zip(self.ranks, self.shard(batch))])

@@ -204,9 +204,13 @@ class RLStepper(GroupMembers):
             m_count = min(cfg.rl.minibatches, len(kept_outs))
             batches = [self._batch(kept_outs[m::m_count], adv[m::m_count]) for m in range(m_count)]
             if cfg.rl.old_logprobs == "learner":
-                # Behaviour log-probs from the learner's weights before the first update, for every mini-batch.
-                for b in batches:
-                    b["old_logprobs"] = self._on_ranks("compute_logprobs", b)
+                # Behaviour log-probs from the learner's weights before the first update. The first mini-batch
+                # trains on exactly the weights that sampled it, so its own forward's log-probs (detached) are
+                # the behaviour policy's and a separate pass would only repeat them (ratio 1 exactly, as TRL's
+                # single-iteration GRPO); the later ones follow an update and are scored now.
+                batches[0].pop("old_logprobs", None)
+                for b in batches[1:]:
+                    b["old_logprobs"] = self.learner.compute_logprobs(b)
             outs = [self._train(b) for b in batches]
             t_train = time.perf_counter() - t
             row.update(
@@ -292,14 +296,6 @@ class RLStepper(GroupMembers):
             if "old_logprobs" in batch:
                 batch["old_logprobs"].append([])
         return batch
-
-    def _on_ranks(self, method: str, batch: dict, *args) -> list:
-        """Call a LearnerRank method with each rank's shard; per-row results back in the batch's order."""
-        shards = self.learner.shard(batch)
-        refs = [getattr(r, method).remote(s, *args) for r, s in zip(self.learner.ranks, shards)]
-        parts = self.learner._gather(refs)
-        world = len(parts)
-        return [parts[j % world][j // world] for j in range(len(batch["input_ids"]))]
 
     def _train(self, batch: dict) -> dict:
         """One optimizer update over the learner ranks. The loss's global denominator comes from the objective

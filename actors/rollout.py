@@ -61,6 +61,10 @@ class RolloutWorker:
         from vllm import LLM
 
         self.on_gpu = torch.cuda.is_available()
+        if not self.on_gpu and cfg.threads:
+            # Ray sets OMP_NUM_THREADS to the actor's CPU reservation; vLLM's CPU worker then blocks
+            # torch.set_num_threads, so another count is set here, before the engine starts.
+            torch.set_num_threads(cfg.threads)
         if dtype == "auto":
             dtype = "bfloat16" if self.on_gpu else "float32"
         self.cfg = cfg
@@ -84,10 +88,13 @@ class RolloutWorker:
         self.start_seconds = time.perf_counter() - t0
 
     def ready(self) -> dict:
+        import torch
+
         return {
             "start_seconds": self.start_seconds,
             "eos_token_id": self.tokenizer.eos_token_id,
             "pid": os.getpid(),
+            "threads": torch.get_num_threads(),
         }
 
     def generate(

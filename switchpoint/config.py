@@ -143,7 +143,8 @@ class LearnerConfig:
     """Start RL with a new AdamW (True: fresh moments, as the paper's RL runs start from the SFT checkpoint's
     weights) or carry SFT's moments over (False). Recorded in the run."""
     micro_batch_size: int = 0
-    """Sequences per forward/backward on a rank; gradients accumulate to one step (0: the whole shard at once)."""
+    """Sequences per forward/backward on a rank; gradients accumulate to one step (0: the whole shard at once).
+    Rows are grouped by length, so each micro-batch pads little."""
     torch_threads: int = 1
     """Intra-op threads per rank (keep 1 on small CPU machines)."""
 
@@ -189,6 +190,11 @@ class RolloutConfig:
     """Nucleus sampling for RL rollouts."""
     kv_cache_gib: int = 1
     """KV cache size per CPU engine in whole GiB (VLLM_CPU_KVCACHE_SPACE; CPU only)."""
+    threads: int = 0
+    """Intra-op threads of a CPU engine (0: its CPU reservation, `cpus_per_worker`, which Ray passes on as
+    OMP_NUM_THREADS). More threads can use the learners' cores while they wait for rollouts, but on a
+    machine loaded past its cores OpenMP threads stall each other (2 threads measured 5x slower there; see
+    benchmarks/vs_trl.py); CPU only."""
     gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory vLLM may take (GPU only)."""
     weight_sync: str = "object_store"
@@ -422,6 +428,7 @@ NON_NEGATIVE = (
     "rollout.temperature",
     "eval.temperature",
     "rollout.check_sync_prompts",
+    "rollout.threads",
     "learner.cpus_per_rank",
     "learner.gpus_per_rank",
     "rollout.cpus_per_worker",

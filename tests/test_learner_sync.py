@@ -100,8 +100,13 @@ def test_objective_switch_on_same_processes_and_disk_sync(stack):
     )
     batch = _batch(ex[:8])
     batch["advantages"] = [1.0, -1.0] * 4
+    # Behaviour log-probs recomputed by the ranks (rl.old_logprobs: learner, later mini-batches) equal the
+    # update's own forward on the same weights: ratio 1 on every token.
+    batch["old_logprobs"] = learner.compute_logprobs(batch)
+    assert [len(lp) for lp in batch["old_logprobs"]] == [sum(m) for m in batch["loss_mask"]]
     out = learner.train_step(batch, sum(sum(m[1:]) for m in batch["loss_mask"]))
     assert "clip_fraction" in out and out["grad_norm"] > 0 and out["lr"] == pytest.approx(1e-3)
+    assert 0.0 <= out["ratio_max_dev"] < 1e-3
     assert learner.pids() == pids
     DiskSync(str(stack["tmp"])).sync(learner, [stack["worker"]], 26)
     l_out, e_out = _greedy_pair(stack)
