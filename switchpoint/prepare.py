@@ -125,6 +125,8 @@ def _synthetic_paths(cfg: Config) -> dict[str, str]:
 def load_splits(cfg: Config) -> tuple[Splits, dict[str, str]]:
     if cfg.data.source == "synthetic":
         paths = _synthetic_paths(cfg)
+        if cfg.data.sft_val_path:  # one validation set shared by every data scene (the paper's Val-199)
+            paths["sft_val"] = cfg.data.sft_val_path
     else:
         paths = {
             "sft_train": cfg.data.sft_train_path,

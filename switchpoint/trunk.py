@@ -21,6 +21,8 @@ REGIMES = ("adaptive", "stable", "mild", "severe")
 PICKS = ("first", "middle", "last", "all")
 # Learner keys that act only after the switch: they do not change the trunk.
 RL_ONLY_LEARNER_KEYS = ("rl_lr", "rl_betas", "reset_optimizer_at_switch")
+# SFT keys that only measure (held-out accuracy during SFT): the trunk's weights and curve do not depend on them.
+MEASURE_ONLY_SFT_KEYS = ("heldout_every",)
 
 
 def sft_settings(cfg: Config) -> dict:
@@ -32,7 +34,7 @@ def sft_settings(cfg: Config) -> dict:
         "model": raw["model"],
         "data": raw["data"],
         "learner": learner,
-        "sft": raw["sft"],
+        "sft": {k: v for k, v in raw["sft"].items() if k not in MEASURE_ONLY_SFT_KEYS},
     }
     return flatten(nested)
 
@@ -40,8 +42,10 @@ def sft_settings(cfg: Config) -> dict:
 def is_trunk_key(key: str) -> bool:
     """Does this dotted config key shape the trunk (so a sweep over one trunk cannot search it)?"""
     top = key.split(".", 1)[0]
-    if top in ("model", "data", "sft") or key == "run.seed":
+    if top in ("model", "data") or key == "run.seed":
         return True
+    if top == "sft":
+        return key.split(".", 1)[-1] not in MEASURE_ONLY_SFT_KEYS
     return top == "learner" and key.split(".", 1)[-1] not in RL_ONLY_LEARNER_KEYS
 
 
