@@ -17,6 +17,30 @@ from switchpoint.data import load_rows
 pytestmark = pytest.mark.e2e
 
 
+def test_a_synthetic_scene_validates_on_the_shared_file(tmp_path):
+    """data.sft_val_path replaces a synthetic scene's own validation split; the other splits stay its own."""
+    from switchpoint.config import load_config
+    from switchpoint.prepare import load_splits
+
+    shared = tmp_path / "val199.jsonl"
+    rows = [
+        {"prompt": f"Compute {i} + 1.", "response": f"{i} + 1 = {i + 1}. Answer: {i + 1}"} for i in range(5)
+    ]
+    shared.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = [
+        "data.n_sft_train=8",
+        "data.n_sft_val=4",
+        "data.n_rl=4",
+        "data.n_eval=4",
+        f"data.dir={tmp_path}/d",
+    ]
+    own, _ = load_splits(load_config("configs/micro.yaml", base))
+    splits, paths = load_splits(load_config("configs/micro.yaml", [*base, f"data.sft_val_path={shared}"]))
+    assert paths["sft_val"] == str(shared) and splits.sft_val == rows
+    assert splits.sft_train == own.sft_train and len(own.sft_val) == 4
+    assert val_set_fingerprint(splits.sft_val) != val_set_fingerprint(own.sft_val)
+
+
 def _val_file(summary):
     return summary["data"]["paths"]["sft_val"]
 
