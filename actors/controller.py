@@ -27,9 +27,11 @@ from actors.sft_phase import SFTPhase
 from actors.verifier_pool import VerifierPool
 from actors.weight_sync import make_weight_sync
 from plasticity.regimes import label_regimes
+from plasticity.selection import VAL_FINGERPRINT_KEY, val_set_fingerprint
+from switchpoint.checks import needs_engines
 from switchpoint.config import Config, from_dict
 from switchpoint.data import chat_tokenizer_or_none
-from switchpoint.prepare import ensure_model, load_splits, sft_sets, split_paths
+from switchpoint.prepare import ensure_model, load_splits, load_val_rows, sft_sets, split_paths
 from switchpoint.sft_dataset import SftSet
 from switchpoint.trunk import Trunk, load_trunk
 
@@ -66,6 +68,7 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             False  # True once the engines hold trained weights (a new engine then needs them)
         )
         self.chaos = FaultInjector(self.cfg.faults.inject)
+        self.sft_heldout: dict[int, dict] = {}  # SFT step -> held-out evaluation there (sft.heldout_every)
 
     # ---- what the driver polls -------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -141,6 +144,8 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             "rl": len(self.splits.rl),
             "eval": len(self.splits.eval),
             "truncated": train.meta["truncated"],
+            # What the validation losses were measured on: data selection ranks only runs that share it.
+            VAL_FINGERPRINT_KEY: val_set_fingerprint(load_val_rows(cfg, paths)),
         }
         del train, val
 
@@ -150,7 +155,9 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
         cfg, place = self.cfg, self.placement
         self._phase("starting actors")
         # Engines start first (asynchronously) so they come up while the learner group sets up DeepSpeed.
-        rl = cfg.switch.policy != "never" or self.trunk is not None  # pure SFT (a trunk) needs no engines
+        rl = needs_engines(
+            cfg, self.trunk is not None
+        )  # pure SFT (a trunk) needs none, unless sft.heldout_every
         self.workers = [self._new_worker(i) for i in range(cfg.rollout.num_workers if rl else 0)]
         self.verifier = None
         if rl:
@@ -237,7 +244,10 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
                 decision, val_losses, time.time() - self.state["started"]
             )
             self.engines_loaded = True
-            acc0 = self._eval(switch["step"], sft_flops)
+            measured = self.sft_heldout.get(switch["step"])  # measured at that validation (sft.heldout_every)
+            acc0 = self._eval(
+                switch["step"], sft_flops, dict(measured, reused_from="sft") if measured else None
+            )
             self.summary["accuracy"]["at_switch"] = acc0["accuracy"]
             self.run_log.switch(dict(switch, p_sft=acc0["accuracy"]))
             self.summary["eval_at_switch"] = acc0

@@ -13,6 +13,7 @@ import ray
 import torch
 
 from actors.rl_members import GroupMembers
+from plasticity.flops import sft_step_flops
 from switchpoint.data import chat_tokenizer_or_none, format_prompt
 from trainers import CORRECT_THRESHOLD, rl_objective, summarize_eval
 from trainers.sampling import ShortBatchError, settle_short_batch
@@ -238,18 +239,20 @@ class RLStepper(GroupMembers):
             row.update(
                 loss=None, skipped="short batch (rl.short_batch: skip)" if short else "no informative groups"
             )
-        pps = cfg.rl.prompts_per_step
+        pps, burst_flops = cfg.rl.prompts_per_step, 0.0
         if objective.interleaved_sft and len(self.sft_buffer) >= pps:
             t = time.perf_counter()
-            sft = self._train(self._batch(self.sft_buffer[:pps], [[0.0]] * pps))
-            self.sft_buffer = self.sft_buffer[pps:]
+            burst, self.sft_buffer = self.sft_buffer[:pps], self.sft_buffer[pps:]
+            sft = self._train(self._batch(burst, [[0.0]] * pps))
             t_train += time.perf_counter() - t
             row.update(interleaved_sft_loss=sft["loss"], interleaved_sft_groups=pps)
+            lengths = [len(o["prompt_token_ids"]) + len(o["expert_member"]["token_ids"]) for o in burst]
+            burst_flops = sft_step_flops(self.hf_config, pps, sum(lengths) / pps)  # an SFT step on the burst
         if objective.interleaved_sft:
             row["sft_buffer"] = len(self.sft_buffer)
         n_seq = max(1, generated_prompts * cfg.rl.group_size)
         mean_len = prompt_tokens / max(1, generated_prompts) + gen_tokens / n_seq
-        row["step_flops"] = objective.flops(
+        row["step_flops"] = burst_flops + objective.flops(
             self.hf_config, generated_prompts, len(kept_outs), cfg.rl.group_size, mean_len
         )
         total = time.perf_counter() - t0

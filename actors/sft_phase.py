@@ -26,6 +26,7 @@ class SFTPhase:
         regime = online_regime([v for _, v in val_losses], self.cfg.switch.delta, self.cfg.switch.delta2)
         self.learner.save_hf(self.folder.checkpoint_path(step))
         decision = policy.observe(step, val)
+        heldout = self._sft_heldout(step)
         self.folder.log(
             {
                 "phase": "sft",
@@ -35,11 +36,31 @@ class SFTPhase:
                 "flops": flops,
                 "seconds": time.time() - self.state["started"],
                 "checkpoint": os.path.relpath(self.folder.checkpoint_path(step), self.run_dir),
+                **heldout,
             }
         )
         self.state["last"].update(val_loss=val, regime=regime)
+        if heldout:
+            self.state["last"].update(accuracy=heldout["accuracy"])
         self.regimes_seen.append(regime)
         return decision
+
+    def _sft_heldout(self, step: int) -> dict:
+        """sft.heldout_every: held-out accuracy of the current SFT weights (synced into the engines, evaluated as
+        RL evaluates), at every heldout_every-th validation; {} at the others."""
+        every = self.cfg.sft.heldout_every
+        if not every or step % (every * self.cfg.sft.eval_every):
+            return {}
+        self._phase("sft: held-out eval")
+        self._on_rollouts(
+            f"weight sync for the held-out eval at SFT step {step}",
+            lambda: self.sync.sync(self.learner, self.workers, step),
+        )
+        self.engines_loaded = True  # an engine replaced from here on gets the learner's weights
+        res = self._on_rollouts("held-out evaluation", self.stepper.evaluate)
+        self._drain_verifier_faults()
+        self.sft_heldout[step] = res  # a switch from this checkpoint reuses it as P_sft (same weights, seeds)
+        return {k: v for k, v in res.items() if k != "per_prompt"}
 
     def _sft(self, st: dict | None):
         """SFT until the policy decides (or the budget ends); st: a resume state to continue from."""
@@ -48,6 +69,7 @@ class SFTPhase:
         val_losses: list = self.summary["sft_val_losses"]  # filled in place: a crash keeps the curve
         self.batches = SFTBatches(len(self.sft_lengths), cfg.sft.batch_size, cfg.run.seed)
         self.t_sft = time.time() - (st["sft_seconds"] if st else 0.0)
+        self.sft_heldout: dict[int, dict] = {}
         if st is None:
             step, self.sft_flops, self.regimes_seen = 0, 0.0, []
             decision = self._validate(0, self.sft_flops, policy, val_losses)

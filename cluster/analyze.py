@@ -19,7 +19,14 @@ import time
 from plasticity.ceiling import FAILED, CeilingFit, CeilingSearch, fit_ceiling
 from plasticity.curves import Curves, Scene, load_path
 from plasticity.regime_analysis import analyze_sft_curve, compare_policies, describe, judge_switch
-from plasticity.selection import BEST_SFT_P, MIN_VAL_LOSS, rank_datasets
+from plasticity.selection import (
+    BEST_SFT_P,
+    MIN_VAL_LOSS,
+    VAL_FINGERPRINT_KEY,
+    describe_fingerprint,
+    rank_datasets,
+    shared_val_refusal,
+)
 
 EPS_MODES = {"zero": (False,), "free": (True,), "search": (False, True)}
 
@@ -131,17 +138,35 @@ def _regimes(curves: Curves, replay: dict, policies) -> tuple[dict, list[dict]]:
     return summaries, out
 
 
-def _selection(curves: Curves, fits: dict):
-    with_loss = {
-        s.name: float(min(s.sft.val_loss)) for s in curves.scenes if s.sft and s.sft.val_loss is not None
-    }
-    if with_loss:
-        values, quantity = with_loss, MIN_VAL_LOSS
+def _selection(curves: Curves, fits: dict, val_file: str | None = None) -> tuple:
+    """(the data-selection report or None, why it was refused or None, the re-measured losses or None)."""
+    with_loss = [s for s in curves.scenes if s.sft and s.sft.val_loss is not None]
+    remeasured = None
+    if val_file and not with_loss:
+        raise ValueError(
+            f"--val re-measures SFT checkpoints: {curves.path} has no run with validation losses"
+        )
+    if val_file:
+        from cluster.shared_val import remeasure_scenes
+
+        remeasured = remeasure_scenes(with_loss, val_file)
+        values, quantity = {k: v["min_val_loss"] for k, v in remeasured.items()}, MIN_VAL_LOSS
+    elif with_loss:
+        if len(with_loss) > 1:  # ranking compares losses across scenes: they need one validation set
+            refusal = shared_val_refusal(
+                {
+                    s.name: [(r.summary.get("data") or {}).get(VAL_FINGERPRINT_KEY) for r in s.runs]
+                    for s in with_loss
+                }
+            )
+            if refusal:
+                return None, refusal, None
+        values, quantity = {s.name: float(min(s.sft.val_loss)) for s in with_loss}, MIN_VAL_LOSS
     else:
         values = {s.name: float(max(s.sft.performance)) for s in curves.scenes if s.sft is not None}
         quantity = BEST_SFT_P
     if not values:
-        return None
+        return None, None, None
     # Branches from step 0 are RL on the base model: they say nothing about the expert data.
     a_post = {
         s.name: [fits[(s.name, b.checkpoint, b.label)].a_post for b in s.branches if b.checkpoint > 0]
@@ -149,7 +174,12 @@ def _selection(curves: Curves, fits: dict):
     }
     report = rank_datasets(values, a_post, quantity)
     report.notes.append("branches from step 0 (RL on the base model) are left out of A_post")
-    return report
+    if remeasured:
+        fp = next(iter(remeasured.values()))["fingerprint"]
+        report.notes.append(
+            f"validation losses re-measured on {val_file} ({describe_fingerprint(fp)}) at every SFT checkpoint"
+        )
+    return report, None, remeasured
 
 
 def analyze(
@@ -161,10 +191,12 @@ def analyze(
     delta2: float | None = None,
     patience: int | None = None,
     policies=("stable", "mild", "min_loss"),
+    val_file: str | None = None,
 ) -> dict:
     """Run the whole analysis of PATH; returns the report (JSON-ready) and writes plots to out_dir.
 
-    delta, delta2, patience: None takes them from the runs' switch config when they agree, else 0.02 / 0.10 / 2."""
+    delta, delta2, patience: None takes them from the runs' switch config when they agree, else 0.02 / 0.10 / 2.
+    val_file: re-measure every scene's SFT checkpoints on this validation file for the data selection."""
     t0 = time.perf_counter()
     curves = load_path(path)
     search = search or CeilingSearch()
@@ -177,7 +209,7 @@ def analyze(
     given = {"delta": delta, "delta2": delta2, "patience": patience}
     replay = {scene.name: _replay_settings(scene, given) for scene in curves.scenes}
     summaries, regimes = _regimes(curves, replay, policies)
-    selection = _selection(curves, fits)
+    selection, refused, remeasured = _selection(curves, fits, val_file)
     notes = list(curves.notes)
     if curves.source == "run" and curves.scenes[0].branches:
         notes.append("single run: its SFT curve ends at the switch, so hindsight labels see only that part")
@@ -187,6 +219,8 @@ def analyze(
         "branches": rows,
         "regimes": regimes,
         "selection": selection.to_dict() if selection else None,
+        "selection_refused": refused,
+        "selection_val": remeasured,
         "notes": notes,
         "plots": [],
     }
@@ -212,6 +246,9 @@ def _plots(curves, fits, summaries, selection, out_dir, replay: dict) -> list[st
         for run in scene.runs:
             png = os.path.join(out_dir, f"run_{run.name}.png")
             written.append(plots.plot_run(run.rows, run.summary, png, settings["delta"], settings["delta2"]))
+            if any(r.get("phase") == "sft" and r.get("accuracy") is not None for r in run.rows):
+                png = os.path.join(out_dir, f"run_{run.name}_p_over_compute.png")
+                written.append(plots.plot_p_over_compute(run.rows, run.summary, png))
     return written
 
 
@@ -270,6 +307,8 @@ def format_report(report: dict) -> str:
         if sel["pearson"] is not None:
             rho = _num(sel["spearman"], ".3f")
             lines.append(f"  Pearson {sel['pearson']:.3f}, Spearman {rho} ({sel['n_pairs']} data sets)")
+    if report.get("selection_refused"):
+        lines.append("\n" + report["selection_refused"])
     lines += [f"note: {n}" for n in report["notes"]]
     lines += [f"plot: {p}" for p in report["plots"]]
     lines.append(f"analysis took {report['seconds']:.1f} s")
@@ -295,6 +334,11 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--policies", default="stable,mild,min_loss", help="switch policies to replay, comma-separated"
     )
+    p.add_argument(
+        "--val",
+        metavar="FILE",
+        help="data selection: re-measure every scene's SFT checkpoints on this one validation file (jsonl/parquet)",
+    )
     p.set_defaults(func=run)
 
 
@@ -311,7 +355,15 @@ def run(args) -> int:
     policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
     out_dir = args.out or default_out_dir(args.path)
     report = analyze(
-        args.path, search, out_dir, not args.no_plots, args.delta, args.delta2, args.patience, policies
+        args.path,
+        search,
+        out_dir,
+        not args.no_plots,
+        args.delta,
+        args.delta2,
+        args.patience,
+        policies,
+        args.val,
     )
     print(format_report(report))
     if args.json:

@@ -15,6 +15,7 @@ from actors.progress import fmt as _fmt
 from actors.progress import progress_line as _progress_line
 from cluster.placement_strategy import StrategyPlacement
 from cluster.resources import check_resources
+from switchpoint.checks import needs_engines
 from switchpoint.config import Config, to_dict
 from switchpoint.prepare import check_inputs, resolve_paths
 
@@ -218,7 +219,7 @@ def run_pipeline(
     transformers.utils.logging.disable_progress_bar()
     parse_injections(cfg.faults.inject)  # a malformed faults.inject item, named
     StrategyPlacement.from_config(cfg)  # a malformed rollout.placement or verifier.placement, named
-    rl = cfg.switch.policy != "never" or from_trunk is not None
+    rl = needs_engines(cfg, from_trunk is not None)
     joining = bool(os.environ.get("RAY_ADDRESS"))
     if joining:
         # On a running cluster the resource check costs a connection: do it before building data or a model.

@@ -86,13 +86,17 @@ def plot_run(rows: list[dict], summary: dict, out_png: str, delta: float = 0.02,
     rl = [r for r in rows if r.get("phase") == "rl"]
     reward = [(r["step"], r["reward_mean"]) for r in rl if r.get("reward_mean") is not None]
     acc = [(r["step"], 100 * r["accuracy"]) for r in rl if r.get("accuracy") is not None]
-    if reward or acc:
+    sft_acc = [(r["step"], 100 * r["accuracy"]) for r in sft if r.get("accuracy") is not None]
+    if reward or acc or sft_acc:
         if reward:
             ax_rl.plot(*zip(*reward), color="tab:blue", lw=1, label="reward (mean)")
             ax_rl.set_ylabel("reward")
         ax_acc = ax_rl.twinx()
+        if sft_acc:  # sft.heldout_every: the same measure during SFT, on the same global step axis
+            ax_acc.plot(*zip(*sft_acc), "o:", color="0.35", ms=4, label="held-out accuracy (SFT)")
         if acc:
             ax_acc.plot(*zip(*acc), "s-", color="tab:green", ms=4, label="held-out accuracy")
+        if acc or sft_acc:
             ax_acc.set_ylabel("held-out accuracy (%)")
         ax_rl.set_xlabel("step (global)")
         handles = ax_rl.get_legend_handles_labels()[0] + ax_acc.get_legend_handles_labels()[0]
@@ -268,4 +272,28 @@ def plot_sweep(rows: list[dict], trunk: dict, recommended: dict | None, out_png:
     ax.patch.set_visible(False)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Ceiling of each RL branch against its branch point", fontsize=10)
+    return _save(fig, out_png)
+
+
+def plot_p_over_compute(rows: list[dict], summary: dict, out_png: str) -> str:
+    """Held-out accuracy P over cumulative compute (SFT FLOPs, then SFT + RL FLOPs) for one run that measured P
+    during SFT (sft.heldout_every): the SFT and RL parts of one curve, the switch marked."""
+    summary = summary or {}
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    for phase, style, color in (("sft", "o:", "0.35"), ("rl", "s-", "tab:green")):
+        pts = [(r["flops"], 100 * r["accuracy"]) for r in rows
+               if r.get("phase") == phase and r.get("accuracy") is not None and r.get("flops") is not None]  # fmt: skip
+        if pts:
+            ax.plot(*zip(*pts), style, color=color, ms=4, label=f"{phase.upper()} phase")
+    switch = summary.get("switch")
+    at = [
+        r["flops"] for r in rows if r.get("phase") == "rl" and r.get("accuracy") is not None and "flops" in r
+    ]
+    if switch and at:
+        ax.axvline(at[0], color="crimson", lw=1.2, ls="--", label=f"switch @ SFT step {switch['step']}")
+    ax.set_xlabel("compute (FLOPs, SFT + RL)")
+    ax.set_ylabel("held-out accuracy P (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"{summary.get('run_name', '')}: P over SFT + RL compute", fontsize=9)
     return _save(fig, out_png)

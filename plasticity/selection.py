@@ -8,6 +8,8 @@ performance, higher is better), and where RL branches were fitted, the quantity 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -15,6 +17,8 @@ import numpy as np
 from scipy import stats
 
 MIN_VAL_LOSS, BEST_SFT_P = "min_val_loss", "best_sft_p"
+# Where a run records its validation set (summary.json: data -> sft_val_fingerprint).
+VAL_FINGERPRINT_KEY = "sft_val_fingerprint"
 _LOWER_IS_BETTER = {MIN_VAL_LOSS: True, BEST_SFT_P: False}
 
 
@@ -101,3 +105,36 @@ def rank_datasets(
     else:
         report.notes.append(f"no correlation: {len(pairs)} data set(s) with both values, need 3")
     return report
+
+
+def val_set_fingerprint(rows) -> dict:
+    """What identifies a validation set: the SHA-256 of its (prompt, response) pairs, in any row order, and
+    the row count. Two runs' validation losses are comparable only when these are equal."""
+    lines = sorted(json.dumps([r["prompt"], r["response"]], ensure_ascii=False) for r in rows)
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return {"sha256": digest, "rows": len(lines)}
+
+
+def describe_fingerprint(fp: dict | None) -> str:
+    if not fp:
+        return "not recorded"
+    return f"{fp['rows']} rows, sha256 {fp['sha256'][:12]}"
+
+
+def shared_val_refusal(fingerprints: dict[str, list]) -> str | None:
+    """Why the scenes' minimum validation losses cannot be ranked against each other (None: they can).
+
+    fingerprints: scene -> the validation-set fingerprints its runs recorded (None for a run that recorded
+    none). Ranking needs every run of every scene measured on one and the same validation set."""
+    every = {json.dumps(fp, sort_keys=True) if fp else None for fps in fingerprints.values() for fp in fps}
+    if len(every) == 1 and None not in every:
+        return None
+    parts = []
+    for scene, fps in fingerprints.items():
+        kinds = sorted({describe_fingerprint(fp) for fp in fps})
+        parts.append(f"{scene}: {' / '.join(kinds)}")
+    return (
+        "data selection refused: the minimum validation losses were measured on different (or unrecorded) "
+        f"validation sets ({'; '.join(parts)}); give every data scene one validation file "
+        "(data.sft_val_path) or re-measure their checkpoints on one with --val FILE"
+    )

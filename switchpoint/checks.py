@@ -212,3 +212,9 @@ def check_output_dir(path: str) -> None:
             os.remove(probe)
         except OSError:
             pass
+
+
+def needs_engines(cfg: Config, from_trunk: bool = False) -> bool:
+    """Whether a run starts vLLM engines and verifiers: for RL (any policy but `never`, or a branch from a
+    trunk), and for held-out accuracy during SFT (sft.heldout_every), also in a pure-SFT run such as a trunk."""
+    return cfg.switch.policy != "never" or from_trunk or cfg.sft.heldout_every > 0

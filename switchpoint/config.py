@@ -87,7 +87,9 @@ class DataConfig:
     sft_train_path: str = ""
     """files: SFT trajectories (.jsonl or .parquet)."""
     sft_val_path: str = ""
-    """files: validation trajectories (the paper's Val-199 shape)."""
+    """Validation trajectories for the SFT loss (the paper's Val-199 shape): required with `files`; with
+    `synthetic`, set it to measure every data scene on one shared validation file instead of each scene's own
+    split (data selection ranks only runs measured on the same validation set)."""
     rl_path: str = ""
     """files: RL prompts with reference answers."""
     eval_path: str = ""
@@ -160,6 +162,11 @@ class SFTConfig:
     stop_after_severe: int = 0
     """Stop SFT once the online regime has been Severe for this many validations in a row (0: never; useful
     for trunks, whose tail past Severe only costs compute)."""
+    heldout_every: int = 0
+    """Held-out accuracy during SFT at every this-many-th validation (counting the one at step 0): the SFT
+    weights are synced into the vLLM engines and evaluated as in RL (eval.*), logged on the validation's
+    metrics row with its FLOPs, so P can be drawn over SFT + RL compute. 0: off (engines then start only for
+    RL). Measures only: it does not change the trunk key."""
 
 
 @dataclass
@@ -435,6 +442,7 @@ NON_NEGATIVE = (
     "rollout.gpus_per_worker",
     "learner.decay_steps",
     "sft.stop_after_severe",
+    "sft.heldout_every",
     "checkpoint.keep_last_hf",
     "checkpoint.rl_every",
     "data.num_proc",

@@ -126,7 +126,10 @@ def _synthetic_paths(cfg: Config) -> dict[str, str]:
 def split_paths(cfg: Config) -> dict[str, str]:
     """The four splits' files: the synthetic ones (written on first use) or data.*_path."""
     if cfg.data.source == "synthetic":
-        return _synthetic_paths(cfg)
+        paths = _synthetic_paths(cfg)
+        if cfg.data.sft_val_path:  # one validation set shared by every data scene (the paper's Val-199)
+            paths["sft_val"] = cfg.data.sft_val_path
+        return paths
     return {
         "sft_train": cfg.data.sft_train_path,
         "sft_val": cfg.data.sft_val_path,
@@ -156,6 +159,13 @@ def load_splits(cfg: Config, paths: dict[str, str] | None = None) -> tuple[Split
         if not rows[name]:
             raise ConfigError(f"data split {name!r} at {paths[name]} has no rows")
     return Splits(**rows), paths
+
+
+def load_val_rows(cfg: Config, paths: dict[str, str]) -> list[dict]:
+    """The SFT validation rows (prompt, response) as text: what its fingerprint is taken of. Validation sets
+    are small (the paper's Val-199), so reading them as lists is fine."""
+    cols = {"prompt": cfg.data.columns.prompt, "response": cfg.data.columns.response}
+    return load_rows(paths["sft_val"], columns=cols, required=("prompt", "response"), split="sft_val")
 
 
 def sft_specs(cfg: Config, model_path: str, paths: dict[str, str]) -> dict[str, SftSetSpec]:

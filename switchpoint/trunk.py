@@ -23,6 +23,8 @@ PICKS = ("first", "middle", "last", "all")
 RL_ONLY_LEARNER_KEYS = ("rl_lr", "rl_betas", "reset_optimizer_at_switch")
 # Data keys that say where and how fast the tokens are made, not which tokens: they do not change the trunk.
 LOADING_DATA_KEYS = ("cache_dir", "num_proc")
+# SFT keys that only measure (held-out accuracy during SFT): the trunk's weights and curve do not depend on them.
+MEASURE_ONLY_SFT_KEYS = ("heldout_every",)
 
 
 def sft_settings(cfg: Config) -> dict:
@@ -34,7 +36,7 @@ def sft_settings(cfg: Config) -> dict:
         "model": raw["model"],
         "data": {k: v for k, v in raw["data"].items() if k not in LOADING_DATA_KEYS},
         "learner": learner,
-        "sft": raw["sft"],
+        "sft": {k: v for k, v in raw["sft"].items() if k not in MEASURE_ONLY_SFT_KEYS},
     }
     return flatten(nested)
 
@@ -42,8 +44,10 @@ def sft_settings(cfg: Config) -> dict:
 def is_trunk_key(key: str) -> bool:
     """Does this dotted config key shape the trunk (so a sweep over one trunk cannot search it)?"""
     top = key.split(".", 1)[0]
-    if top in ("model", "data", "sft") or key == "run.seed":
+    if top in ("model", "data") or key == "run.seed":
         return True
+    if top == "sft":
+        return key.split(".", 1)[-1] not in MEASURE_ONLY_SFT_KEYS
     return top == "learner" and key.split(".", 1)[-1] not in RL_ONLY_LEARNER_KEYS
 
 

@@ -18,6 +18,7 @@ TINY = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "n
 SFT_FLOPS = sft_step_flops(TINY, 32, 40.0)
 RL_FLOPS = dapo_step_flops(TINY, 40, 16, 8, 30.0)
 FAST = CeilingSearch(bootstrap=20)
+SHARED_VAL = {"sha256": "5" * 64, "rows": 199}  # every scene validated on one set (the paper's Val-199)
 
 
 def sft_loss(step, floor=0.8):
@@ -35,6 +36,7 @@ def write_run(
     seed=0,
     policy="stable",
     patience=None,
+    val_fingerprint=SHARED_VAL,
 ):
     """A run folder with the files and row keys actors/controller.py writes (tiny model, realistic values)."""
     rng = np.random.default_rng(seed)
@@ -72,7 +74,8 @@ def write_run(
     switch = {"step": switch_step, "decided_at_step": switch_step, "reason": "plateau", "policy": policy,
               "val_loss": val_losses[-1][1], "regime": "stable", "seconds": 0.2}  # fmt: skip
     summary = {"run_name": name, "policy": policy, "sft_val_losses": val_losses, "switch": switch,
-               "accuracy": {"at_switch": p_sft, "final": float(acc)}}  # fmt: skip
+               "accuracy": {"at_switch": p_sft, "final": float(acc)},
+               "data": {"sft_val_fingerprint": val_fingerprint}}  # fmt: skip
     with open(os.path.join(path, "summary.json"), "w") as f:
         json.dump(summary, f)
     return path
@@ -178,6 +181,28 @@ def test_runs_on_different_expert_data_are_ranked(tmp_path):
         "datasets[difficulty=1]",
     ]
     assert sel["n_pairs"] == 3 and sel["spearman"] == pytest.approx(-1.0) and sel["pearson"] < -0.9
+    assert report["selection_refused"] is None
+
+
+def test_data_selection_refuses_losses_from_different_validation_sets(tmp_path, capsys):
+    """Each data scene validated on its own split (or recorded none): their minimum losses are not comparable,
+    so no ranking, and one line names every scene with its validation set."""
+    folder = tmp_path / "datasets"
+    own = [{"sha256": c * 64, "rows": 200} for c in "ab"] + [None]
+    for d, (floor, fp) in enumerate(zip([0.9, 0.8, 0.7], own), start=1):
+        write_run(str(folder), f"data{d}", 225, 78.0, floor=floor, difficulty=d, seed=d, val_fingerprint=fp)
+    report = analyze_cmd.analyze(str(folder), FAST, plots=False)
+    assert report["selection"] is None
+    line = report["selection_refused"]
+    assert line.startswith("data selection refused:") and "\n" not in line
+    for scene, seen in [("difficulty=1", "200 rows, sha256 aaaaaaaaaaaa"), ("difficulty=2", "sha256 bbbb"),
+                        ("difficulty=3]: not recorded", "")]:  # fmt: skip
+        assert scene in line and seen in line
+    assert "--val FILE" in line and "data.sft_val_path" in line
+    # Two scenes on the same set and one on another: still refused; the CLI prints the line.
+    write_run(str(folder), "data3", 225, 78.0, floor=0.7, difficulty=3, seed=3, val_fingerprint=own[0])
+    assert analyze_cmd.main([str(folder), "--no-plots", "--bootstrap", "0"]) == 0
+    assert "data selection refused" in capsys.readouterr().out
 
 
 def test_cli_entry_point(tmp_path, capsys):

@@ -33,6 +33,7 @@ def test_tensorboard_holds_the_metrics_series(micro_run):
     for tag, phase, key in [
         ("sft/loss", "sft", "loss"),
         ("sft/val_loss", "sft", "val_loss"),
+        ("sft/accuracy", "sft", "accuracy"),  # sft.heldout_every in configs/micro.yaml
         ("rl/accuracy", "rl", "accuracy"),
         ("rl/reward_mean", "rl", "reward_mean"),
     ]:

@@ -88,3 +88,28 @@ def test_console_announces_the_switch_and_ends_on_the_summarys_figures(run):
     # No third-party line repeats (the weight-sync warning and checkpoint bars came once per sync / save).
     others = [line for line in lines if line.strip() and not line.startswith("[")]
     assert len(others) == len(set(others)), others
+
+
+def test_sft_measures_heldout_accuracy_for_p_over_compute(run):
+    """sft.heldout_every: 3 (configs/micro.yaml): held-out accuracy on the validation rows of steps 0, 30, 60,
+    measured as RL measures it, with the SFT FLOPs; one P curve over SFT then RL compute."""
+    run_dir, rows, s, _ = run
+    val_rows = [r for r in rows if r["phase"] == "sft" and "val_loss" in r]
+    measured = [r for r in val_rows if r.get("accuracy") is not None]
+    assert [r["step"] for r in measured] == [r["step"] for r in val_rows if r["step"] % 30 == 0]
+    assert measured[0]["step"] == 0 and len(measured) >= 2
+    for r in measured:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["eval_prompts"] == 24 and r["eval_samples"] == 2
+        assert sum(r["eval_status"].values()) == 24 * 2  # every sample scored by the verifier pool
+    rl_evals = [r for r in rows if r["phase"] == "rl" and r.get("accuracy") is not None]
+    flops = [r["flops"] for r in measured + rl_evals]
+    assert flops == sorted(flops) and flops[0] == 0.0
+    by_step = {r["step"]: r for r in measured}
+    if s["switch"]["step"] in by_step:  # the same weights and seeds: P_sft is that measurement, not a new one
+        assert s["eval_at_switch"]["reused_from"] == "sft"
+        assert s["accuracy"]["at_switch"] == by_step[s["switch"]["step"]]["accuracy"]
+    from cluster.analyze import analyze
+    from plasticity.ceiling import CeilingSearch
+
+    report = analyze(run_dir, CeilingSearch(bootstrap=0), out_dir=os.path.join(run_dir, "analysis_p"))
+    assert any(p.endswith("_p_over_compute.png") for p in report["plots"])

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from cluster.resources import GIB, ResourceError, actor_groups, autoscaling, check_resources, shortfalls
+from switchpoint.checks import needs_engines
 from switchpoint.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +36,10 @@ def test_pure_sft_needs_only_the_learner():
     assert shortfalls(cfg, [node(cpu=2)], rl=False) == []
     assert [g.count_key for g in actor_groups(cfg, rl=False)["CPU"]] == ["learner.num_ranks"]
     assert actor_groups(cfg, rl=False)["memory"] == []
+    assert not needs_engines(cfg)
+    # Held-out accuracy during SFT needs the engines and verifiers even without RL; a branch always does.
+    assert needs_engines(load_config(TINY, ["switch.policy=never", "sft.heldout_every=2"]))
+    assert needs_engines(cfg, from_trunk=True)
 
 
 def test_one_actor_larger_than_every_node():

@@ -251,6 +251,8 @@ def test_more_faults_than_allowed_stop_the_run_with_the_reason_and_keep_its_work
             "--set",
             "switch.policy=never",  # SFT only: no engines to start, the fault comes sooner
             "--set",
+            "sft.heldout_every=0",
+            "--set",
             "faults.max_faults=0",
             "--set",
             "faults.inject=[learner@sft:12]",
