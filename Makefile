@@ -35,6 +35,7 @@ bench: $(STAMP)
 # switchpoint against TRL's GRPOTrainer on the same checkpoint, prompts and step shape (tiny and small shapes)
 bench-trl: $(STAMP)
 	$(PY) -m pip install -q -e '.[cpu,bench]'
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(PY) benchmarks/vs_trl.py
 
 # step time against prompts per step, group size and completion length (1x, 2x, 4x)
