@@ -153,7 +153,10 @@ class TensorBoardLog:
             self.write(row)
 
     def flush(self) -> None:
-        self.writer.flush()
+        # tensorboardX's flush() leaves events still in its queue (a multiprocessing.Queue served by a thread)
+        # unwritten; close() drains it. A resume state needs every event up to it on disk: close, go on in a new file.
+        self.writer.close()
+        self.writer = self._open(None)
 
     def image(self, tag: str, png_path: str) -> None:
         import matplotlib.image

@@ -72,26 +72,6 @@ def assert_tensorboard_shows_each_step_once(run_dir: str, rows: list[dict]) -> N
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), tag
 
 
-def assert_tensorboard_repeats_no_step(run_dir: str, rows: list[dict]) -> None:
-    """After kill -9 + resume: no step shows twice and every value shown is the one metrics.jsonl kept. (Known
-    gap: a validation logged just before the kill can be missing from TensorBoard although its resume state
-    flushed the writer; seen once at SFT step 20, not yet explained.)"""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(os.path.join(run_dir, "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    for tag, phase, key in [
-        ("sft/loss", "sft", "loss"),
-        ("sft/val_loss", "sft", "val_loss"),
-        ("rl/accuracy", "rl", "accuracy"),
-    ]:
-        want = {r["step"]: r[key] for r in rows if r["phase"] == phase and r.get(key) is not None}
-        got = [(e.step, e.value) for e in events.Scalars(tag)]
-        steps = [s for s, _ in got]
-        assert len(steps) == len(set(steps)) and set(steps) <= set(want), (tag, steps)
-        assert [v for _, v in got] == pytest.approx([want[s] for s in steps], rel=1e-6), tag
-
-
 def _env(**extra) -> dict:
     env = dict(os.environ, PYTHONPATH=REPO, **extra)
     env.pop("RAY_ADDRESS", None)
@@ -196,7 +176,7 @@ def test_kill_9_in_sft_and_in_rl_then_resume_matches_the_uninterrupted_run(micro
     rows, summary = read_run(run_dir)
 
     assert_same_training(rows, ref_rows)
-    assert_tensorboard_repeats_no_step(run_dir, rows)
+    assert_tensorboard_shows_each_step_once(run_dir, rows)
     resumes = [r for r in rows if r["phase"] == "resume"]
     assert [r["from"].split(" ")[0][6:] for r in resumes] == [sft_state[6:], "rl-000000"]
     assert summary["switch"]["step"] == ref_summary["switch"]["step"]
