@@ -17,8 +17,8 @@ import ray
 
 from switchpoint.config import load_config, to_dict
 from switchpoint.trunk import build_trunk, sft_settings, trunk_key, write_trunk
+from tests.conftest import REPO, init_local_ray
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.e2e
 BASELINES = ("luffy", "srft", "upt", "prefix_rft", "relift")
 SETTINGS = [
@@ -63,13 +63,7 @@ def baselines(micro_run, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("baselines")
     trunk_dir = _trunk_from(micro_run[0], tmp, _config(tmp, "luffy"))
-    ray.init(
-        address="local",  # always a new local Ray, never a cluster already running here
-        num_cpus=4,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": REPO, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
-    )
+    init_local_ray()
     ctl = BranchController(
         to_dict(_config(tmp, "luffy"))
     )  # luffy: RL rows loaded with their expert trajectory

@@ -1,8 +1,6 @@
 """LearnerGroup (2 DeepSpeed ranks on gloo) and RolloutWorker (vLLM) together: SFT steps, the objective switch on
 the same processes, the three weight-sync implementations, and rollback to a saved checkpoint."""
 
-import os
-
 import pytest
 import ray
 import torch
@@ -15,8 +13,8 @@ from switchpoint.config import LearnerConfig, RolloutConfig
 from switchpoint.data import tokenize_sft
 from switchpoint.synthetic import make_problem
 from switchpoint.tiny_model import build_tiny_model
+from tests.conftest import init_local_ray
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.e2e
 
 
@@ -34,13 +32,7 @@ def stack(tmp_path_factory):
     rng = random.Random(0)
     rows = [make_problem(rng, 1) for _ in range(32)]
     examples = tokenize_sft(rows, tok, max_len=64)
-    ray.init(
-        address="local",  # always a new local Ray, never a cluster already running here
-        num_cpus=4,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": REPO, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
-    )
+    init_local_ray()
     learner = LearnerGroup(
         model,
         LearnerConfig(num_ranks=2, zero_stage=2, lr=3e-3, warmup_steps=1, micro_batch_size=4),

