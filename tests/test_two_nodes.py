@@ -155,7 +155,7 @@ def two_node_job(tmp_path_factory):
                 "--tail",
                 "-1",
                 "--address",
-                address,
+                f"127.0.0.1:{gcs}",  # `ray logs` takes the GCS address; the dashboard URL is refused
             )
         finally:
             node2.send_signal(signal.SIGTERM)
@@ -239,6 +239,17 @@ def test_job_log_is_the_runs_own_lines(two_node_job):
     assert not any(
         "switchpoint.run: " in line for line in lines
     )  # the Controller's copies stay in its own log
+
+
+def test_controller_actor_log_has_the_runs_lines(two_node_job):
+    log = two_node_job["controller_log"]
+    marked = [
+        line.split(" switchpoint.run: ", 1)[1] for line in log.splitlines() if " switchpoint.run: " in line
+    ]
+    assert sum(re.match(r"^\[\s*\d+s\] (SFT|RL) ", line) is not None for line in marked) >= 3, log[-3000:]
+    assert sum(line.startswith("switch: RL from SFT step") for line in marked) == 1, marked
+    final = two_node_job["summary"]["accuracy"]["final"]
+    assert marked[-1].startswith("[") and f"held-out acc {final:.3f}" in marked[-1], marked[-1]
 
 
 def test_placement_keys_are_checked_and_turned_into_options():
