@@ -181,9 +181,10 @@ class LearnerRank:
             input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
         ).logits
 
-    def train_step(self, shard: dict, global_count: float) -> dict:
+    def train_step(self, shard: dict, global_count: float, demo_count: float | None = None) -> dict:
         """One optimizer step on this rank's shard. global_count is the normaliser summed over all ranks
-        (response tokens for SFT/GRPO/DAPO, sequences for Dr.GRPO), so the loss is an exact global mean.
+        (response tokens for SFT/GRPO/DAPO, sequences for Dr.GRPO), so the loss is an exact global mean;
+        demo_count, the whole batch's demonstration tokens, normalises an objective's own SFT term (SRFT).
         The shard is processed in micro-batches whose gradients accumulate before the single step."""
         t0 = time.perf_counter()
         self.engine.train()
@@ -197,7 +198,7 @@ class LearnerRank:
         lengths = [len(x) for x in shard["input_ids"]]
         for rows in length_grouped(lengths, self.cfg.micro_batch_size):
             micro = {k: [v[j] for j in rows] for k, v in shard.items()}
-            loss, info = self._micro_loss(micro, global_count)
+            loss, info = self._micro_loss(micro, global_count, demo_count)
             # Each micro-batch loss is already a share of the global mean: no further scaling by DeepSpeed.
             self.engine.backward(loss, scale_wrt_gas=False)
             w = float(info.get("tokens", 1.0))
@@ -270,7 +271,7 @@ class LearnerRank:
                     out[j] = lps[b, start : start + n].float().cpu().tolist()
         return out
 
-    def _micro_loss(self, micro: dict, global_count: float):
+    def _micro_loss(self, micro: dict, global_count: float, demo_count: float | None = None):
         import torch
 
         from trainers import aggregate_token_loss, rl_objective, sft_loss
@@ -311,11 +312,15 @@ class LearnerRank:
         entropy = None
         if objective.entropy_coef or objective.uses_entropy:
             entropy = token_entropy(logits, resp_mask)
+        extra = {}
+        if objective.demo_token_mean:
+            extra["demo_normalizer"] = max(demo_count or 0.0, 1.0) / self.world_size
         loss, info = objective.loss_fn(
             new,
             old,
             adv,
             resp_mask,
+            **extra,
             clip_low=self.rl["clip_low"],
             clip_high=self.rl["clip_high"],
             clip_ratio_c=self.rl.get("clip_ratio_c", objective.clip_ratio_c),

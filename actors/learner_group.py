@@ -1,16 +1,51 @@
 """LearnerGroup: N LearnerRank actors (actors/learner.py) in one placement group; calls fan out to all ranks.
 
 A call fails as soon as one rank fails: the others may be blocked in a collective waiting for the dead one.
+A rank killed mid-collective can surface first as its peer's collective error (a RayTaskError from a live
+rank) rather than as its own RayActorError; the group then probes its ranks and, when one is dead, raises
+LearnerRankLost (a RayActorError), the rank fault that recovery (actors/recovery.py) rebuilds the group for.
 """
 
 from __future__ import annotations
 
+import time
+
 import ray
+from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.learner import LearnerRank
 from switchpoint.config import LearnerConfig
+
+PROBE_TIMEOUT_S = 10.0
+
+
+def dead_actors(actors: list, timeout_s: float = PROBE_TIMEOUT_S, first_only: bool = False) -> list[int]:
+    """Indices of actors that are dead. One still busy (a rank blocked in a collective, an engine finishing
+    its part) does not answer within the timeout and counts as alive. first_only: stop at the first dead one
+    (a learner group is rebuilt whole, so one dead rank is enough to know)."""
+    refs = [a.pid.remote() for a in actors]
+    pending, dead = list(refs), []
+    deadline = time.time() + timeout_s
+    while pending and time.time() < deadline:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.time()))
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except RayActorError:
+                dead.append(refs.index(ref))
+                if first_only:
+                    return dead
+    return sorted(dead)
+
+
+class LearnerRankLost(RayActorError):
+    """A collective failed on a live rank because a peer rank died: a fault of the group, not of that rank."""
+
+    def __init__(self, dead: list[int], cause: BaseException):
+        super().__init__(error_msg=f"learner rank(s) {dead} died; a live rank's call failed with: {cause}")
+        self.dead_ranks = dead
 
 
 class LearnerGroup:
@@ -61,7 +96,14 @@ class LearnerGroup:
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done[0])  # raises the rank's error (RayActorError when it died) right away
+            try:
+                ray.get(done[0])  # raises the rank's error (RayActorError when it died) right away
+            except RayTaskError as err:
+                # A live rank's error: its own, or its collective's when a peer died (gloo: connection closed).
+                dead = dead_actors(self.ranks, first_only=True)
+                if dead:
+                    raise LearnerRankLost(dead, err) from err
+                raise
         return ray.get(list(refs))
 
     def shard(self, batch: dict) -> list[dict]:

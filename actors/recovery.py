@@ -18,29 +18,8 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.fault_events import FaultEvent, FaultLimitError, fault_event
-from actors.learner_group import LearnerGroup
+from actors.learner_group import LearnerGroup, dead_actors
 from actors.rollout import RolloutWorker
-
-PROBE_TIMEOUT_S = 10.0
-
-
-def dead_actors(actors: list, timeout_s: float = PROBE_TIMEOUT_S, first_only: bool = False) -> list[int]:
-    """Indices of actors that are dead. One still busy (a rank blocked in a collective, an engine finishing
-    its part) does not answer within the timeout and counts as alive. first_only: stop at the first dead one
-    (a learner group is rebuilt whole, so one dead rank is enough to know)."""
-    refs = [a.pid.remote() for a in actors]
-    pending, dead = list(refs), []
-    deadline = time.time() + timeout_s
-    while pending and time.time() < deadline:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.time()))
-        for ref in ready:
-            try:
-                ray.get(ref)
-            except RayActorError:
-                dead.append(refs.index(ref))
-                if first_only:
-                    return dead
-    return sorted(dead)
 
 
 class FaultTolerance:

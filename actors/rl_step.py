@@ -13,7 +13,6 @@ import ray
 import torch
 
 from actors.rl_members import GroupMembers
-from plasticity.flops import sft_step_flops
 from switchpoint.data import chat_tokenizer_or_none, format_prompt
 from trainers import CORRECT_THRESHOLD, rl_objective, summarize_eval
 from trainers.sampling import ShortBatchError, settle_short_batch
@@ -239,21 +238,27 @@ class RLStepper(GroupMembers):
             row.update(
                 loss=None, skipped="short batch (rl.short_batch: skip)" if short else "no informative groups"
             )
-        pps, burst_flops = cfg.rl.prompts_per_step, 0.0
+        pps = cfg.rl.prompts_per_step
+        # Expert rows trained with the SFT loss this step (UPT's fallback groups, ReLIFT's burst): counted as SFT.
+        sft_groups = [o for o in kept_outs if o.get("fallback")]
         if objective.interleaved_sft and len(self.sft_buffer) >= pps:
             t = time.perf_counter()
             burst, self.sft_buffer = self.sft_buffer[:pps], self.sft_buffer[pps:]
             sft = self._train(self._batch(burst, [[0.0]] * pps))
             t_train += time.perf_counter() - t
             row.update(interleaved_sft_loss=sft["loss"], interleaved_sft_groups=pps)
-            lengths = [len(o["prompt_token_ids"]) + len(o["expert_member"]["token_ids"]) for o in burst]
-            burst_flops = sft_step_flops(self.hf_config, pps, sum(lengths) / pps)  # an SFT step on the burst
+            sft_groups += burst
         if objective.interleaved_sft:
             row["sft_buffer"] = len(self.sft_buffer)
         n_seq = max(1, generated_prompts * cfg.rl.group_size)
         mean_len = prompt_tokens / max(1, generated_prompts) + gen_tokens / n_seq
-        row["step_flops"] = burst_flops + objective.flops(
-            self.hf_config, generated_prompts, len(kept_outs), cfg.rl.group_size, mean_len
+        row["step_flops"] = objective.step_flops(
+            self.hf_config,
+            generated_prompts,
+            len(kept_outs) - sum(bool(o.get("fallback")) for o in kept_outs),
+            cfg.rl.group_size,
+            mean_len,
+            [len(o["prompt_token_ids"]) + len(o["expert_member"]["token_ids"]) for o in sft_groups],
         )
         total = time.perf_counter() - t0
         row["timing"] = {
@@ -305,9 +310,12 @@ class RLStepper(GroupMembers):
         (tokens, sequences, or sequences x max_tokens); maxima over tokens (ratio_max_dev) stay maxima."""
         lengths = [sum(m) for m in batch["loss_mask"] if sum(m)]
         count = self.objective.global_count(lengths, self.cfg.rollout.max_tokens)
+        demo = None
+        if self.objective.demo_token_mean:  # SRFT's SFT term: its own mean over the demonstration tokens
+            demo = float(sum(min(off, sum(m)) for off, m in zip(batch["off_policy"], batch["loss_mask"])))
         shards = self.learner.shard(batch)
         res = self.learner._gather(
-            [r.train_step.remote(s, count) for r, s in zip(self.learner.ranks, shards)]
+            [r.train_step.remote(s, count, demo) for r, s in zip(self.learner.ranks, shards)]
         )
         world = len(res)
         out = {

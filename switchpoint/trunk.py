@@ -25,6 +25,8 @@ RL_ONLY_LEARNER_KEYS = ("rl_lr", "rl_betas", "reset_optimizer_at_switch")
 LOADING_DATA_KEYS = ("cache_dir", "num_proc")
 # SFT keys that only measure (held-out accuracy during SFT): the trunk's weights and curve do not depend on them.
 MEASURE_ONLY_SFT_KEYS = ("heldout_every",)
+# What an SFT row holds of a held-out evaluation (RLStepper.evaluate's keys; pass@k for any k besides).
+HELDOUT_KEYS = ("accuracy", "greedy_accuracy", "eval_prompts", "eval_samples", "eval_seconds", "eval_status")
 
 
 def sft_settings(cfg: Config) -> dict:
@@ -84,6 +86,9 @@ class TrunkCheckpoint:
     """Hugging Face checkpoint folder."""
     flops: float
     """SFT compute up to this step."""
+    heldout: dict = field(default_factory=dict)
+    """Held-out accuracy measured at this checkpoint during SFT (sft.heldout_every: accuracy, pass@k, ...), as
+    its SFT row logged it; {} where none was measured. A branch carries it so its run draws P over SFT compute."""
 
 
 @dataclass
@@ -146,6 +151,7 @@ class Trunk:
                 "regime": c.online_regime,
                 "flops": c.flops,
                 "checkpoint": c.path,
+                **c.heldout,
                 "from_trunk": True,
             }
             for c in self.checkpoints
@@ -243,6 +249,9 @@ def build_trunk(run_dir: str, cfg: Config, key: str, settings: dict) -> Trunk:
             online_regime=r.get("regime", ""),
             path=os.path.join(run_dir, r["checkpoint"]),
             flops=float(r.get("flops") or 0.0),
+            heldout={k: v for k, v in r.items() if k in HELDOUT_KEYS or k.startswith("pass@")}
+            if r.get("accuracy") is not None
+            else {},
         )
         for r, label in zip(rows, labels)
     ]

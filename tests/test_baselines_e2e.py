@@ -96,6 +96,29 @@ def test_every_baseline_trains_a_step_and_evaluates(baselines):
         assert row.get("loss") is not None or algorithm == "relift", (algorithm, row)
         evals = [r for r in rows if r["phase"] == "rl" and r.get("accuracy") is not None]
         assert len(evals) == 2  # at the branch point and after the step
+        (sft_row,) = [
+            r for r in rows if r["phase"] == "sft"
+        ]  # the trunk's step 0, with its held-out accuracy
+        assert sft_row["from_trunk"] and 0.0 <= sft_row["accuracy"] <= 1.0, algorithm
+
+
+def test_a_trunk_carries_its_sft_heldout_accuracy(micro_run, tmp_path):
+    """sft.heldout_every (3 in configs/micro.yaml): the trunk keeps each checkpoint's held-out accuracy (through
+    trunk.json) and a branch's SFT rows carry it, so a branch's folder draws P over SFT compute."""
+    from switchpoint.trunk import load_trunk
+
+    run_dir, rows, _, _ = micro_run
+    measured = {r["step"]: r for r in rows if r["phase"] == "sft" and r.get("accuracy") is not None}
+    assert 0 in measured and len(measured) >= 2
+    trunk = load_trunk(_trunk_from(run_dir, tmp_path, _config(tmp_path, "luffy")))
+    last = trunk.steps()[-1]
+    carried = {r["step"]: r for r in trunk.sft_rows(last) if r.get("accuracy") is not None}
+    assert carried.keys() == measured.keys()
+    for step, r in carried.items():
+        for key in ("accuracy", "pass@1", "pass@2", "eval_prompts", "eval_status", "flops"):
+            assert r[key] == measured[step][key], (step, key)
+    up_to = sorted(measured)[1]  # a branch from there carries the rows up to its step only
+    assert sorted(r["step"] for r in trunk.sft_rows(up_to) if "accuracy" in r) == [0, up_to]
 
 
 def test_luffy_and_srft_groups_hold_the_expert_as_an_off_policy_member(baselines):

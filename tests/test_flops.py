@@ -68,6 +68,25 @@ def test_rl_formulas():
     assert dapo_step_flops(TINY, 16, 0, 8, 40.0) == 16 * 8 * 40.0 * f
 
 
+def test_upt_fallback_groups_train_the_expert_row_only():
+    """UPT: a group whose G rollouts all failed is generated (G rows) but trains its one expert row with the SFT
+    loss (3 * S_e * F, forward + backward); the other groups train their G rows as RL (3 * G * S * F each)."""
+    from trainers import rl_objective
+
+    f40, f30 = forward_flops_per_token(TINY, 40.0), forward_flops_per_token(TINY, 30.0)
+    upt = rl_objective("upt")
+    # 8 prompts generated, G = 4, mean length 40; 3 groups train with RL, 5 fell back to their expert row of
+    # 30 tokens (prompt + expert trajectory).
+    got = upt.step_flops(TINY, 8, 3, 4, 40.0, [30] * 5)
+    assert got == pytest.approx(8 * 4 * 40.0 * f40 + 3 * 3 * 4 * 40.0 * f40 + 3 * 5 * 30.0 * f30)
+    # Every group fell back (an untrained model): generation of 8 x 4 rows, training of the 8 expert rows;
+    # counting 8 x 4 trained rows (4 * B * G * S * F = 128 S F) would be 128 / 56 = 2.3x too much here.
+    assert upt.step_flops(TINY, 8, 0, 4, 40.0, [40] * 8) == pytest.approx((8 * 4 + 3 * 8) * 40.0 * f40)
+    # Without fallback groups UPT costs what GRPO costs.
+    grpo = rl_objective("grpo")
+    assert upt.step_flops(TINY, 8, 8, 4, 40.0) == pytest.approx(grpo.step_flops(TINY, 8, 8, 4, 40.0))
+
+
 def test_config_defaults_follow_hugging_face():
     cfg = {k: v for k, v in TINY.items() if k not in ("head_dim", "num_key_value_heads")}
     dims = model_dims(cfg)

@@ -148,3 +148,44 @@ def test_collective_backend_and_buckets():
     buckets = plan_buckets(items, limit=95)
     assert [[n for n, _, _ in b["items"]] for b in buckets] == [["a"], ["b"], ["c"]]  # 64 + 32 bytes > 95
     assert [b["numel"] for b in plan_buckets(items)] == [24, 2]
+
+
+def test_a_peer_killed_mid_collective_is_a_rank_fault(stack):
+    """A live rank whose collective fails because its peer was killed (gloo: connection closed) is a group
+    fault: the group raises LearnerRankLost, the RayActorError recovery rebuilds the group for; a genuine error
+    with every rank alive still surfaces as itself. A group of its own (half a CPU per rank), not the stack's."""
+    import os
+    import signal
+    import time
+
+    from ray.exceptions import RayActorError, RayTaskError
+
+    from actors.learner_group import LearnerGroup, LearnerRankLost
+
+    group = LearnerGroup(
+        stack["model"],
+        LearnerConfig(num_ranks=2, zero_stage=2, micro_batch_size=4, cpus_per_rank=0.5),
+        "auto",
+        0,
+    )
+    try:
+        with pytest.raises(RayTaskError, match="input_ids") as genuine:
+            group._gather(
+                [r.train_step.remote({}, 1.0) for r in group.ranks]
+            )  # a bad shard, every rank alive
+        assert not isinstance(genuine.value, RayActorError)
+        (shard, _) = group.shard(_batch(stack["examples"][:8]))
+        survivor = group.ranks[0].train_step.remote(
+            shard, 64.0
+        )  # rank 1 idle: rank 0 waits in the all-reduce
+        time.sleep(3.0)
+        assert not ray.wait([survivor], timeout=0)[0]  # still inside the collective
+        os.kill(
+            ray.get(group.ranks[1].pid.remote(), timeout=60), signal.SIGKILL
+        )  # rank 0 is busy: ask rank 1
+        with pytest.raises(LearnerRankLost) as lost:
+            group._gather([survivor])  # only the survivor's error can arrive: the race's worse order
+        assert isinstance(lost.value, RayActorError) and lost.value.dead_ranks == [1]
+        assert isinstance(lost.value.__cause__, RayTaskError)
+    finally:
+        group.shutdown()

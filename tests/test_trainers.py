@@ -524,7 +524,8 @@ def test_micro_run_first_update_ratio_is_one(micro_run):
 
 
 def test_srft_loss_by_hand():
-    """Positive sample weighted 0.1 exp(H), negative one plain, expert: LUFFY term + 0.5 exp(-H) * NLL."""
+    """Positive sample weighted 0.1 exp(H), negative one plain, expert: LUFFY term + 0.5 exp(-H) * NLL, the NLL
+    averaged over the demonstration tokens on its own (SRFT's compute_sft_pure_loss)."""
     old = torch.log(torch.tensor([[0.3], [0.6], [0.9]]))
     new = torch.log(torch.tensor([[0.3], [0.6], [0.5]]))  # ratio 1 on the sampled rows
     adv = torch.tensor([1.0, -0.5, 0.5])
@@ -535,10 +536,21 @@ def test_srft_loss_by_hand():
     assert o.uses_entropy and o.off_policy_members == 1
     loss, info = o.loss_fn(new, old, adv, torch.ones(3, 1), clip_low=0.2, clip_high=0.2,
                            off_policy=torch.tensor([False, False, True]), entropy=entropy)  # fmt: skip
-    w1, w2 = 0.5 * math.exp(-0.4), 0.1 * math.exp(0.4)
-    expected = (w2 * -1.0 + 0.5 + (-0.5 * 0.5 / 0.6 + w1 * -math.log(0.5))) / 3
-    assert loss.item() == pytest.approx(expected)
+    w1, w2 = 0.5 * math.exp(-0.4), 0.1 * math.exp(0.4)  # 0.335160, 0.149182
+    # RL terms, one token-mean over the 3 response tokens: the positive sample -A * ratio * w2 = -0.149182, the
+    # negative one -(-0.5) * 1 = 0.5, the expert's LUFFY term -A * p / (p + 0.1) = -0.5 * 0.5 / 0.6 = -0.416667:
+    # (-0.149182 + 0.5 - 0.416667) / 3 = -0.021950.
+    rl = (w2 * -1.0 + 0.5 + -0.5 * 0.5 / 0.6) / 3
+    # SFT term, its own mean over the 1 demonstration token: w1 * -log 0.5 = 0.335160 * 0.693147 = 0.232315.
+    sft = w1 * -math.log(0.5) / 1
+    assert loss.item() == pytest.approx(rl + sft) and loss.item() == pytest.approx(0.210366, abs=1e-6)
+    # (One shared token-mean, the old code, gave (-0.065849 + 0.232315) / 3 = 0.055489.)
     assert info["sft_weight"] == pytest.approx(w1) and info["positive_weight"] == pytest.approx(w2)
+    # Across ranks the SFT term divides by the global demonstration count / world size (here 2 tokens / 1).
+    loss2, _ = o.loss_fn(new, old, adv, torch.ones(3, 1), clip_low=0.2, clip_high=0.2, demo_normalizer=2.0,
+                         off_policy=torch.tensor([False, False, True]), entropy=entropy)  # fmt: skip
+    assert loss2.item() == pytest.approx(rl + sft / 2)
+    assert o.demo_token_mean and not rl_objective("luffy").demo_token_mean
     with pytest.raises(ValueError, match="entropy"):
         o.loss_fn(new, old, adv, torch.ones(3, 1), clip_low=0.2, clip_high=0.2)
 

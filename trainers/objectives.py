@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from plasticity.flops import dapo_step_flops, grpo_step_flops
+from plasticity.flops import dapo_step_flops, grpo_step_flops, sft_step_flops
 from trainers.advantages import AdvantageFn, get_advantage_estimator
 from trainers.policy_loss import LOSS_AGGREGATIONS, PolicyLossFn, get_policy_loss
 
@@ -73,6 +73,9 @@ class RLObjective:
     """Weight of the entropy bonus (subtracted from the loss, aggregated like it); 0: none."""
     uses_entropy: bool = False
     """The policy loss takes the token entropy (`entropy=`), e.g. for entropy-dependent weights (SRFT)."""
+    demo_token_mean: bool = False
+    """The policy loss has an SFT term averaged over the batch's demonstration tokens on its own (SRFT): the RL
+    step counts them over the whole update batch and the loss gets ``demo_normalizer=`` that / world size."""
     flops: FlopsFn = on_policy_flops
     """RL step FLOPs from (hf_config, prompts generated, groups trained, group size, mean sequence length)."""
 
@@ -96,6 +99,24 @@ class RLObjective:
     def loss_fn(self) -> PolicyLossFn:
         """The policy loss (see trainers.policy_loss for its signature)."""
         return get_policy_loss(self.policy_loss)
+
+    def step_flops(
+        self,
+        hf_config: Mapping,
+        generated_prompts: int,
+        rl_groups: int,
+        group: int,
+        seq: float,
+        sft_lengths: list[int] | tuple[int, ...] = (),
+    ) -> float:
+        """One RL step's FLOPs: this objective's formula for the groups trained with RL, plus one SFT step
+        (3 * B * S * F, forward and backward only) on the expert rows trained with the SFT loss instead of their
+        group's G sampled rows (UPT's fallback groups, ReLIFT's burst); ``sft_lengths`` are those rows'
+        prompt + expert lengths. A fallback group's G sampled rows are counted as generated, not trained."""
+        flops = self.flops(hf_config, generated_prompts, rl_groups, group, seq)
+        if sft_lengths:
+            flops += sft_step_flops(hf_config, len(sft_lengths), sum(sft_lengths) / len(sft_lengths))
+        return flops
 
     def global_count(self, response_lengths: list[int], max_tokens: int) -> float:
         """The loss's global denominator over a whole update batch (all ranks): response tokens for

@@ -2,8 +2,10 @@
 
 Each group holds G - 1 sampled completions and one hybrid: an expert prefix of sampled length followed by the
 policy's own continuation. The prefix fraction is drawn between a lower bound that decays on a cosine from 95%
-to 5% over the RL run and an upper bound of 95%; the draw is uniform in that range here (a Beta(1, 1): the
-Beta's shape parameters are not stated in the sources used). The update is Dr.GRPO (no std normalisation,
+to 5% over the RL run and an upper bound of 95%, as lower + (upper - lower) * Beta(1, 1): the authors' code
+(github.com/ZeroYuHuang/prefix_rft, recipe/prefix_rft/scheduler/global_step.py: BetaSampler, alpha = beta =
+1.0 by default, its bounds from CosineDecayController) draws the same way; the shape their runs passed
+(prefix_sampler.kwargs) is not in the repository, so its default, a uniform draw, is used. The update is Dr.GRPO (no std normalisation,
 fixed-length sum); of the demonstration (prefix) tokens only the 20% with the highest entropy keep their
 advantage, the 80% lowest-entropy get none. The prefix tokens are otherwise trained as sampled tokens (their
 behaviour log-probs are the learner's, rl.old_logprobs: learner).

@@ -5,8 +5,10 @@ Groups as LUFFY's: G - 1 sampled completions and one expert trajectory. Three te
   w1 = 0.5 * exp(-H);
 - sampled completions: the clipped PPO loss, those with a positive advantage weighted w2 = 0.1 * exp(H);
 H is the policy's mean token entropy over the sampled completions, detached (a weight, not a target).
-Here all terms share one token-mean over the batch's response tokens (SRFT averages its SFT term over the
-expert tokens alone; with one expert per group of short completions the two differ by the tokens' share).
+The two RL terms share one token-mean over the batch's response tokens; the SFT term is a mean of its own over
+the batch's demonstration (expert) tokens, as SRFT's code (compute_sft_pure_loss, a masked mean over the
+off-policy rows) and the paper's E_demo[-log p] take it. Its global normaliser is `demo_normalizer` (the
+demonstration tokens of the whole update batch / world size; RLObjective.demo_token_mean asks the RL step for it).
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ def srft_policy_loss(
     token_scale: float = 1.0,
     off_policy: Tensor | None = None,
     entropy: Tensor | None = None,
+    demo_normalizer: float | None = None,
 ) -> tuple[Tensor, dict]:
-    """SRFT's loss; ``entropy`` [B, T'] is the policy's token entropy (needed for the weights)."""
+    """SRFT's loss; ``entropy`` [B, T'] is the policy's token entropy (needed for the weights);
+    ``demo_normalizer`` divides the SFT term's sum (default: this batch's demonstration tokens)."""
     if entropy is None or entropy.shape != logprobs.shape:
         raise ValueError("srft needs the token entropy [batch, response_len] of the policy")
     start = clipped_rows(
@@ -68,11 +72,12 @@ def srft_policy_loss(
     on_loss = torch.where(positive, w2 * on_loss, on_loss)
     safe = torch.where(token_mask, logprobs, torch.zeros_like(logprobs))
     token_adv = advantages.detach().to(logprobs.dtype).unsqueeze(1).expand_as(logprobs)
-    off_loss = -token_adv * shaped_probability(safe, SHAPING_GAMMA) + w1 * (-safe)
-    loss = (
-        aggregate_token_loss(torch.where(off_rows, off_loss, on_loss), mask, loss_agg, normalizer)
-        * token_scale
-    )
+    off_loss = -token_adv * shaped_probability(safe, SHAPING_GAMMA)
+    rl_loss = aggregate_token_loss(torch.where(off_rows, off_loss, on_loss), mask, loss_agg, normalizer)
+    demo_mask = token_mask & off_rows
+    demo_count = float(demo_mask.sum()) if demo_normalizer is None else demo_normalizer
+    sft_sum = (w1 * -torch.where(demo_mask, logprobs, torch.zeros_like(logprobs))).sum()
+    loss = (rl_loss + sft_sum / max(demo_count, 1e-12)) * token_scale
     info = (
         policy_stats(loss, on_mask, **parts) if bool(on_mask.any()) else {**EMPTY_INFO, "loss": float(loss)}
     )
@@ -89,5 +94,6 @@ register_objective(
         off_policy_members=1,
         entropy_coef=0.001,
         uses_entropy=True,
+        demo_token_mean=True,
     )
 )

@@ -2,7 +2,8 @@
 
 Per prompt: when none of the G sampled completions is correct they are dropped and the expert trajectory is
 trained with the SFT loss (coefficient 1.0) in their place; otherwise the group trains with the GRPO loss
-(no std normalisation). Both kinds of token share one token-mean. The authors ran it with lr 5e-6 and grad
+(no std normalisation). Both kinds of token share one token-mean. FLOPs: generation of every group, RL
+training of the groups with a correct completion, an SFT step on the fallback groups' expert rows. The authors ran it with lr 5e-6 and grad
 clip 80 (config keys learner.rl_lr and learner.grad_clip, not the objective's).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trainers.objectives import RLObjective, register_objective
+from trainers.objectives import RLObjective, dynamic_sampling_flops, register_objective
 from trainers.policy_loss import (
     EMPTY_INFO,
     aggregate_token_loss,
@@ -74,5 +75,9 @@ register_objective(
         policy_loss="upt",
         expert_fallback=True,
         entropy_coef=0.001,
+        # Every group's G rows are generated; only the groups with a correct completion train them (DAPO's
+        # accounting with B_train = those groups). A fallback group trains its one expert row, counted by the
+        # RL step as an SFT step (RLObjective.step_flops).
+        flops=dynamic_sampling_flops,
     )
 )
