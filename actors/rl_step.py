@@ -42,8 +42,7 @@ class RLStepper(GroupMembers):
             )
         self.n_eval = min(len(self.eval_set), cfg.eval.max_prompts)
         self.rng = random.Random(cfg.run.seed + 1)
-        # The rest of the current shuffled pass over rl_index, drawn from its end (as list.pop did), and the RNG
-        # state the pass was shuffled from (a resume state shuffles it again rather than storing it).
+        # The rest of the shuffled pass over rl_index, drawn from its end, and the RNG state it was shuffled from.
         self.order = np.zeros(0, dtype=np.int64)
         self.pass_rng: tuple | None = None
         self.sft_buffer: list[dict] = []  # ReLIFT: expert trajectories of the hardest prompts, for SFT
@@ -345,9 +344,8 @@ class RLStepper(GroupMembers):
         return out
 
     def get_state(self) -> dict:
-        """The prompt sampler's position, JSON-safe, for resume: the RNG state the current pass was shuffled from
-        and how many of its prompts were drawn (the pass is shuffled again on restore, so the state does not
-        grow with the RL set), or the RNG state alone between passes."""
+        """The sampler's position for resume (JSON-safe): the RNG state its pass was shuffled from and how many
+        prompts it drew (shuffled again on restore: the state does not grow with the RL set)."""
         rng, taken = self.rng.getstate(), None
         if self.order.size:
             if self.pass_rng is None:  # a pass restored from a state that holds the order: kept as it was
