@@ -31,7 +31,8 @@ from plasticity.selection import VAL_FINGERPRINT_KEY, val_set_fingerprint
 from switchpoint.checks import needs_engines
 from switchpoint.config import Config, from_dict
 from switchpoint.data import chat_tokenizer_or_none
-from switchpoint.prepare import ensure_model, load_splits, load_val_rows, sft_sets, split_paths
+from switchpoint.prepare import PROMPT_SPLITS, data_sets, ensure_model, load_val_rows, split_paths
+from switchpoint.prompt_dataset import PromptSet
 from switchpoint.sft_dataset import SftSet
 from switchpoint.trunk import Trunk, load_trunk
 
@@ -127,12 +128,14 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             self.tokenizer, cfg.data.chat_template, f"model folder {model_path}"
         )
         paths = split_paths(cfg)
-        self.splits, _ = load_splits(cfg, paths)
         with open(os.path.join(model_path, "config.json")) as f:
             self.hf_config = json.load(f)
-        # The tokenized SFT sets stay on disk (memory-mapped Arrow, built by check_inputs before Ray started, or
-        # now): the controller keeps per-row lengths and trained-token counts, the ranks read the tokens.
-        self.sft_sets = sft_sets(cfg, model_path, paths)
+        # Every set stays on disk (memory-mapped Arrow, built by check_inputs before Ray started, or now): the
+        # controller keeps SFT per-row lengths and trained-token counts and reads the RL and held-out rows of a
+        # step by index; the ranks read the SFT tokens.
+        sets = data_sets(cfg, model_path, paths)
+        self.sft_sets = {k: v for k, v in sets.items() if k not in PROMPT_SPLITS}
+        self.prompt_sets = {k: PromptSet(sets[k]) for k in PROMPT_SPLITS}
         train, val = SftSet(self.sft_sets["sft_train"]), SftSet(self.sft_sets["sft_val"])
         self.sft_lengths, self.sft_trained = train.column("length"), train.trained_tokens()
         self.n_sft_val = len(val)
@@ -141,8 +144,9 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             "sft_sets": self.sft_sets,
             "sft_train": len(train),
             "sft_val": len(val),
-            "rl": len(self.splits.rl),
-            "eval": len(self.splits.eval),
+            "rl": len(self.prompt_sets["rl"]),
+            "eval": len(self.prompt_sets["eval"]),
+            "prompt_sets": {k: p.folder for k, p in self.prompt_sets.items()},
             "truncated": train.meta["truncated"],
             # What the validation losses were measured on: data selection ranks only runs that share it.
             VAL_FINGERPRINT_KEY: val_set_fingerprint(load_val_rows(cfg, paths)),
@@ -178,7 +182,7 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
         cfg = self.cfg
         self.sync = make_weight_sync(cfg.rollout.weight_sync, self.run_dir)
         self.stepper = RLStepper(
-            cfg, self.learner, self.workers, self.verifier, self.tokenizer, self.hf_config, self.splits
+            cfg, self.learner, self.workers, self.verifier, self.tokenizer, self.hf_config, self.prompt_sets
         )
 
     def _run(self, t_start: float) -> dict:
@@ -281,10 +285,8 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
         n = self.cfg.rollout.check_sync_prompts
         if n <= 0:
             return None
-        from switchpoint.data import format_prompt
-
-        prompts = [format_prompt(r, self.cfg.data.prompt_template, self.chat) for r in self.splits.eval[:n]]
-        ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        held_out = self.prompt_sets["eval"]
+        ids = [r["prompt_ids"] for r in held_out.rows(range(min(n, len(held_out))))]
         max_new = self.cfg.rollout.max_tokens
         learner = self.learner.greedy_generate(ids, max_new, self.tokenizer.eos_token_id)
         engines = ray.get([w.greedy.remote(ids, max_new) for w in self.workers])

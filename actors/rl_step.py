@@ -9,37 +9,41 @@ import random
 import time
 from collections import defaultdict
 
+import numpy as np
 import ray
 import torch
 
 from actors.rl_members import GroupMembers
-from switchpoint.data import chat_tokenizer_or_none, format_prompt
 from trainers import CORRECT_THRESHOLD, rl_objective, summarize_eval
 from trainers.sampling import ShortBatchError, settle_short_batch
 
 
 class RLStepper(GroupMembers):
-    def __init__(self, cfg, learner, workers, verifier, tokenizer, hf_config, splits):
+    def __init__(self, cfg, learner, workers, verifier, tokenizer, hf_config, prompt_sets):
+        """prompt_sets: {"rl", "eval"} PromptSets (switchpoint/prompt_dataset.py), memory-mapped; a step reads
+        its rows by index, so no split is held as Python rows."""
         self.cfg, self.learner, self.workers, self.verifier = cfg, learner, workers, verifier
         self.tokenizer, self.hf_config = tokenizer, hf_config
-        self.template = cfg.data.prompt_template
-        # data.chat_template: prompts go to vLLM in the tokenizer's chat template, as SFT trained them.
-        self.chat = chat_tokenizer_or_none(tokenizer, cfg.data.chat_template, "the model folder")
         self.objective = rl_objective(cfg.rl.algorithm)
-        self.rl_rows = splits.rl
-        # The paper's max prompt length: longer prompts are left out (veRL's filter_overlong_prompts).
+        self.rl_set, self.eval_set = prompt_sets["rl"], prompt_sets["eval"]
+        # Positions in rl_set the sampler draws from. The paper's max prompt length: longer prompts are left out
+        # (veRL's filter_overlong_prompts).
+        lengths = self.rl_set.column("prompt_len")
+        self.rl_index = np.arange(len(lengths), dtype=np.int64)
         if cfg.rl.max_prompt_len:
-            self.rl_rows = [r for r in self.rl_rows if len(self._encode([r])[0]) <= cfg.rl.max_prompt_len]
-            if not self.rl_rows:
+            self.rl_index = np.flatnonzero(lengths <= cfg.rl.max_prompt_len)
+            if not self.rl_index.size:
                 raise ValueError(f"every RL prompt is longer than rl.max_prompt_len={cfg.rl.max_prompt_len}")
-        if self.objective.needs_expert and not all(r.get("response") for r in self.rl_rows):
+        if self.objective.needs_expert and not self.rl_set.meta["spec"]["with_response"]:
             raise ValueError(
-                f"rl.algorithm {cfg.rl.algorithm} puts the expert trajectory in every group: each RL row needs "
-                "a non-empty response (data.columns.response)"
+                f"rl.algorithm {cfg.rl.algorithm} puts the expert trajectory in every group: the RL set at "
+                f"{self.rl_set.folder} was built without the expert response (data.columns.response)"
             )
-        self.eval_rows = splits.eval[: cfg.eval.max_prompts]
+        self.n_eval = min(len(self.eval_set), cfg.eval.max_prompts)
         self.rng = random.Random(cfg.run.seed + 1)
-        self.order: list[int] = []
+        # The rest of the shuffled pass over rl_index, drawn from its end, and the RNG state it was shuffled from.
+        self.order = np.zeros(0, dtype=np.int64)
+        self.pass_rng: tuple | None = None
         self.sft_buffer: list[dict] = []  # ReLIFT: expert trajectories of the hardest prompts, for SFT
         self.timings: dict[str, list[float]] = defaultdict(list)
 
@@ -59,12 +63,10 @@ class RLStepper(GroupMembers):
         }
 
     # ---- generation across workers ---------------------------------------------------------------------------
-    def _encode(self, rows: list[dict]) -> list[list[int]]:
-        # Same tokenization as the SFT data (switchpoint.data): template applied, no special tokens added.
-        return [
-            self.tokenizer.encode(format_prompt(r, self.template, self.chat), add_special_tokens=False)
-            for r in rows
-        ]
+    @staticmethod
+    def _encode(rows: list[dict]) -> list[list[int]]:
+        # Tokenized when the set was built (prompt_template, chat template, no special tokens), as the SFT data.
+        return [r["prompt_ids"] for r in rows]
 
     def _generate(self, prompts: list[list[int]], n: int, temperature: float, seed: int | None) -> list[dict]:
         """Spread prompts round-robin over the engines; each prompt gets its own sampling seed."""
@@ -93,14 +95,27 @@ class RLStepper(GroupMembers):
                 merged[j + m * k] = o
         return merged
 
+    def _next_positions(self, count: int) -> list[int]:
+        """Positions in rl_set of the next `count` prompts: passes over rl_index in an order shuffled by the
+        sampler's RNG, taken from the end."""
+        picked = []
+        while len(picked) < count:
+            if not self.order.size:
+                self.pass_rng = self.rng.getstate()
+                self.order = self._shuffled_pass()
+            take = min(count - len(picked), self.order.size)
+            picked += self.order[::-1][:take].tolist()
+            self.order = self.order[: self.order.size - take]
+        return self.rl_index[picked].tolist()
+
+    def _shuffled_pass(self) -> np.ndarray:
+        order = list(range(len(self.rl_index)))
+        self.rng.shuffle(order)
+        return np.asarray(order, dtype=np.int64)
+
     def _next_prompts(self, count: int) -> list[dict]:
-        rows = []
-        while len(rows) < count:
-            if not self.order:
-                self.order = list(range(len(self.rl_rows)))
-                self.rng.shuffle(self.order)
-            rows.append(self.rl_rows[self.order.pop()])
-        return rows
+        """The next `count` RL rows ({"prompt_ids", "answer", "response"}), read from the set by index."""
+        return self.rl_set.rows(self._next_positions(count))
 
     def _score(self, outs: list[dict], rows: list[dict]) -> tuple[list[list[float]], dict]:
         texts, refs = [], []
@@ -337,19 +352,29 @@ class RLStepper(GroupMembers):
         return out
 
     def get_state(self) -> dict:
-        """The prompt sampler's position (RNG and the rest of the shuffled order), JSON-safe, for resume."""
-        version, internal, gauss = self.rng.getstate()
-        return {
-            "rng": [version, list(internal), gauss],
-            "order": list(self.order),
-            "sft_buffer": self.sft_buffer,
-        }
+        """The sampler's position for resume (JSON-safe): the RNG state its pass was shuffled from and how many
+        prompts it drew (shuffled again on restore: the state does not grow with the RL set)."""
+        rng, taken = self.rng.getstate(), None
+        if self.order.size:
+            if self.pass_rng is None:  # a pass restored from a state that holds the order: kept as it was
+                version, internal, gauss = rng
+                return {"rng": [version, list(internal), gauss], "order": self.order.tolist(),
+                        "sft_buffer": self.sft_buffer}  # fmt: skip
+            rng, taken = self.pass_rng, len(self.rl_index) - self.order.size
+        version, internal, gauss = rng
+        return {"rng": [version, list(internal), gauss], "pass_taken": taken, "sft_buffer": self.sft_buffer}
 
     def set_state(self, state: dict) -> None:
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
-        self.order = list(state["order"])
         self.sft_buffer = list(state.get("sft_buffer", []))
+        self.pass_rng, self.order = None, np.zeros(0, dtype=np.int64)
+        if "order" in state:  # written before passes were shuffled again on restore
+            self.order = np.asarray(state["order"], dtype=np.int64)
+        elif state["pass_taken"] is not None:
+            self.pass_rng = self.rng.getstate()
+            order = self._shuffled_pass()
+            self.order = order[: order.size - state["pass_taken"]]
 
     def record_sync(self, seconds: float) -> None:
         self.timings["weight_sync"].append(seconds)
@@ -360,15 +385,16 @@ class RLStepper(GroupMembers):
     # ---- held-out accuracy -----------------------------------------------------------------------------------
     def evaluate(self) -> dict:
         cfg = self.cfg
-        prompts = self._encode(self.eval_rows)
+        rows = self.eval_set.rows(range(self.n_eval))
+        prompts = self._encode(rows)
         t = time.perf_counter()
         # The same seeds at every evaluation, so accuracy changes come from the weights, not the dice.
         outs = self._generate(prompts, cfg.eval.samples, cfg.eval.temperature, seed=cfg.run.seed + 7)
-        scores, statuses = self._score(outs, self.eval_rows)
+        scores, statuses = self._score(outs, rows)
         g_scores = None
         if cfg.eval.greedy:
             greedy = self._generate(prompts, 1, 0.0, seed=None)
-            g_scores, _ = self._score(greedy, self.eval_rows)
+            g_scores, _ = self._score(greedy, rows)
         summary = summarize_eval(scores, ks=(1, cfg.eval.samples))
         return {
             "accuracy": summary["avg@k"],

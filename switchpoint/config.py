@@ -105,10 +105,10 @@ class DataConfig:
     (`apply_chat_template`, generation prompt added), for SFT, RL and held-out prompts alike; an instruct model's
     eos should be its end-of-turn token. The tokenizer must have a chat template."""
     cache_dir: str = "artifacts/data_cache"
-    """Where tokenized SFT sets are cached as Arrow files, one folder per data file content, tokenizer and
-    settings. Learner ranks read it, so on several nodes it must be shared storage."""
+    """Where the tokenized SFT, RL and held-out sets are cached as Arrow files, one folder per data file content,
+    tokenizer and settings. Learner ranks read it, so on several nodes it must be shared storage."""
     num_proc: int = 0
-    """Processes that tokenize an SFT set (datasets' map; 0: up to 8, by the machine's cores)."""
+    """Processes that tokenize a data set (datasets' map; 0: up to 8, by the machine's cores)."""
 
 
 @dataclass

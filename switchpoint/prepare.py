@@ -9,11 +9,15 @@ from dataclasses import dataclass
 
 from switchpoint.checks import check_model_folder, check_output_dir, load_tokenizer
 from switchpoint.config import Config, ConfigError
-from switchpoint.data import chat_tokenizer_or_none, format_prompt, load_rows, row_label
+from switchpoint.data import chat_tokenizer_or_none, load_rows
+from switchpoint.prompt_dataset import PromptSetSpec, build_prompt_set, check_fits_model
+from switchpoint.prompt_dataset import cached_folder as prompt_folder
 from switchpoint.sft_dataset import SftSetSpec, build_sft_set, cached_folder, install, is_complete
 
 SFT_SPLITS = ("sft_train", "sft_val")
-"""Splits tokenized into cached Arrow sets (switchpoint/sft_dataset.py); the others are read as rows."""
+"""Splits tokenized into cached Arrow SFT sets (switchpoint/sft_dataset.py)."""
+PROMPT_SPLITS = ("rl", "eval")
+"""Splits tokenized into cached Arrow prompt sets (switchpoint/prompt_dataset.py)."""
 
 
 @dataclass
@@ -139,8 +143,9 @@ def split_paths(cfg: Config) -> dict[str, str]:
 
 
 def load_splits(cfg: Config, paths: dict[str, str] | None = None) -> tuple[Splits, dict[str, str]]:
-    """The RL and held-out rows (prompt, answer; the response too for objectives that use the expert), and
-    every split's path."""
+    """The RL and held-out rows as Python lists (prompt, answer; the response too for objectives that use the
+    expert), and every split's path. A run reads them from the Arrow prompt sets instead (`prompt_specs`); this
+    list path stays as the reference they are compared with and for small tools."""
     paths = paths or split_paths(cfg)
     columns = {
         "prompt": cfg.data.columns.prompt,
@@ -185,23 +190,60 @@ def sft_specs(cfg: Config, model_path: str, paths: dict[str, str]) -> dict[str, 
     }
 
 
-def build_missing_sft_sets(cfg: Config, model_path: str, paths: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """{split: (cache folder, built folder or "")}: each SFT set found in data.cache_dir, or tokenized now into
-    a temporary folder (`install_sft_sets` moves it into the cache). A bad row raises one ConfigError line."""
+def prompt_specs(cfg: Config, model_path: str, paths: dict[str, str]) -> dict[str, PromptSetSpec]:
+    """The RL and held-out prompt sets; the RL one keeps the expert trajectory for objectives that use it."""
+    from trainers.objectives import rl_objective
+
+    d = cfg.data
+    expert = rl_objective(cfg.rl.algorithm).needs_expert  # LUFFY & co.: RL groups use the expert trajectory
+    return {
+        name: PromptSetSpec(
+            path=paths[name],
+            split=name,
+            prompt_column=d.columns.prompt,
+            answer_column=d.columns.answer,
+            response_column=d.columns.response,
+            tokenizer_dir=model_path,
+            with_response=expert and name == "rl",
+            prompt_template=d.prompt_template,
+            chat_template=d.chat_template,
+        )
+        for name in PROMPT_SPLITS
+    }
+
+
+def build_missing_sets(
+    cfg: Config, model_path: str, paths: dict[str, str], max_positions: int | None = None
+) -> dict[str, tuple[str, str]]:
+    """{split: (cache folder, built folder or "")} for the RL and held-out prompt sets and the SFT sets: each
+    found in data.cache_dir, or built now into a temporary folder (`install_sets` moves it into the cache). A
+    bad row raises one ConfigError line; so does an RL or held-out prompt of max_positions tokens or more."""
     out = {}
     built: list[str] = []
+    todo = [
+        (name, spec, prompt_folder(spec, cfg.data.cache_dir), build_prompt_set)
+        for name, spec in prompt_specs(cfg, model_path, paths).items()
+    ]
+    todo += [
+        (name, spec, cached_folder(spec, cfg.data.cache_dir), build_sft_set)
+        for name, spec in sft_specs(cfg, model_path, paths).items()
+    ]
     try:
-        for name, spec in sft_specs(cfg, model_path, paths).items():
-            folder = cached_folder(spec, cfg.data.cache_dir)
+        for name, spec, folder, build in todo:
             if is_complete(folder):
                 out[name] = (folder, "")
-                continue
-            try:
-                tmp, _ = build_sft_set(spec, cfg.data.num_proc)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
-            built.append(tmp)
-            out[name] = (folder, tmp)
+            else:
+                try:
+                    tmp, _ = build(spec, cfg.data.num_proc)
+                except ValueError as e:
+                    raise ConfigError(str(e)) from None
+                built.append(tmp)
+                out[name] = (folder, tmp)
+            if max_positions is not None and name in PROMPT_SPLITS:
+                try:
+                    check_fits_model(out[name][1] or folder, name, max_positions, model_path)
+                except ValueError as e:
+                    raise ConfigError(str(e)) from None
     except BaseException:
         for tmp in built:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -209,13 +251,13 @@ def build_missing_sft_sets(cfg: Config, model_path: str, paths: dict[str, str]) 
     return out
 
 
-def install_sft_sets(found: dict[str, tuple[str, str]]) -> dict[str, str]:
+def install_sets(found: dict[str, tuple[str, str]]) -> dict[str, str]:
     return {name: install(tmp, folder) if tmp else folder for name, (folder, tmp) in found.items()}
 
 
-def sft_sets(cfg: Config, model_path: str, paths: dict[str, str]) -> dict[str, str]:
-    """{split: cache folder} of the tokenized SFT sets, built where missing."""
-    return install_sft_sets(build_missing_sft_sets(cfg, model_path, paths))
+def data_sets(cfg: Config, model_path: str, paths: dict[str, str]) -> dict[str, str]:
+    """{split: cache folder} of the four tokenized sets (rl, eval, sft_train, sft_val), built where missing."""
+    return install_sets(build_missing_sets(cfg, model_path, paths))
 
 
 def check_inputs(cfg: Config) -> dict[str, str]:
@@ -223,32 +265,19 @@ def check_inputs(cfg: Config) -> dict[str, str]:
     the model folder (files, vLLM architecture, tokenizer with eos, a chat template if data.chat_template), every
     data row, and prompts that would not fit data.max_len (SFT) or the model's positions (RL and held-out
     prompts); last, that run.output_dir takes a file (so a bad model or data row leaves no empty output folder
-    behind). The SFT sets are tokenized here into the cache (data.cache_dir), which is written only once all
+    behind). The four sets are tokenized here into the cache (data.cache_dir), which is written only once all
     checks passed; returns their folders."""
     path = ensure_model(cfg)
     check_model_folder(cfg, path, check_architecture=not cfg.model.build_tiny)  # we build Llama ourselves
     tokenizer = load_tokenizer(path)
     try:
-        chat = chat_tokenizer_or_none(tokenizer, cfg.data.chat_template, f"model folder {path}")
+        chat_tokenizer_or_none(tokenizer, cfg.data.chat_template, f"model folder {path}")
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    splits, paths = load_splits(cfg)
+    paths = split_paths(cfg)
     with open(os.path.join(path, "config.json")) as f:
         max_positions = json.load(f).get("max_position_embeddings")
-    if isinstance(max_positions, int):
-        for name in ("rl", "eval"):
-            rows = getattr(splits, name)
-            prompts = [format_prompt(row, cfg.data.prompt_template, chat) for row in rows]
-            lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-            index = next((i for i, n in enumerate(lengths) if n >= max_positions), None)
-            if index is None:
-                continue
-            raise ConfigError(
-                f"{name} file {paths[name]}: {row_label(paths[name], index)}: the prompt is {lengths[index]} "
-                f"tokens, the model takes {max_positions} (max_position_embeddings of {path}), so vLLM cannot "
-                "generate for it; shorten or drop the row"
-            )
-    found = build_missing_sft_sets(cfg, path, paths)
+    found = build_missing_sets(cfg, path, paths, max_positions if isinstance(max_positions, int) else None)
     try:
         check_output_dir(cfg.run.output_dir)
     except BaseException:
@@ -256,4 +285,4 @@ def check_inputs(cfg: Config) -> dict[str, str]:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return install_sft_sets(found)
+    return install_sets(found)
