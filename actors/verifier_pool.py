@@ -35,6 +35,10 @@ PID_PROBE_TIMEOUT_S = 30.0
 """How long the between-batches process-id probe waits for a worker (a busy one answers when it is free)."""
 
 
+class WorkerGone(Exception):
+    """A call returned, but its worker process died right after (see _check_crashes_are_the_items)."""
+
+
 @dataclass
 class _Fault:
     """One failed call, turned into a FaultEvent once both the recovery and the redo are known."""
@@ -140,8 +144,10 @@ class VerifierPool:
                 if ref in scoring:
                     piece, slot, submitted = scoring.pop(ref)
                     try:
-                        parts[piece] = ray.get(ref)
-                    except RayActorError as exc:
+                        result = ray.get(ref)
+                        self._check_crashes_are_the_items(slot, result)
+                        parts[piece] = result
+                    except (RayActorError, WorkerGone) as exc:
                         fault = _Fault(slot, _describe(exc), submitted)
                         faults_of_piece.setdefault(piece, []).append(fault)
                         self.fault_count += 1
@@ -166,6 +172,20 @@ class VerifierPool:
         for result in results:
             self._counts[result.status] = self._counts.get(result.status, 0) + 1
         return results
+
+    def _check_crashes_are_the_items(self, slot: int, results: list[VerifyResult]) -> None:
+        """Ray kills an actor's child processes before the actor, and a call can still return in between: its
+        item then reads as a verifier crash although the worker itself was being killed. A result with a crash
+        is kept only if the worker is still the same process; otherwise the piece is redone like any piece whose
+        worker died (a crash of the item's own making leaves the worker process as it was)."""
+        if not any(r.status == CRASH for r in results):
+            return
+        try:
+            pid = ray.get(self._workers[slot].pid.remote(), timeout=PID_PROBE_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            return  # no answer either way: keep the result
+        if self._pids[slot] is not None and pid != self._pids[slot]:
+            raise WorkerGone(f"worker process {self._pids[slot]} died with its call (now {pid})")
 
     def take_fault_events(self) -> list[FaultEvent]:
         """The worker faults recorded since the last call (oldest first); they are cleared."""
