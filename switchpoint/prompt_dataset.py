@@ -14,23 +14,18 @@ text), `response` (the expert trajectory, only in sets built `with_response`), `
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from switchpoint.data import iter_rows, render_prompt
 from switchpoint.sft_dataset import (
-    META_FILE,
-    SMALL_SET_ROWS,
-    TOKENIZER_FILES,
-    _hash_file,
     _row_label,
     _tokenizer,
+    build_set,
+    open_folder,
+    spec_key,
 )
 
 FORMAT_VERSION = 1
@@ -63,16 +58,7 @@ class PromptSetSpec:
 
 def cache_key(spec: PromptSetSpec) -> str:
     """Hash of the data file's bytes, the tokenizer's files and the settings (not the file's path or time)."""
-    digest = hashlib.sha256(f"prompts-v{FORMAT_VERSION}".encode())
-    settings = {k: v for k, v in asdict(spec).items() if k not in ("path", "tokenizer_dir")}
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    _hash_file(digest, spec.path)
-    for name in TOKENIZER_FILES:
-        file = os.path.join(spec.tokenizer_dir, name)
-        if os.path.isfile(file):
-            digest.update(name.encode())
-            _hash_file(digest, file)
-    return digest.hexdigest()[:16]
+    return spec_key(spec, f"prompts-v{FORMAT_VERSION}")
 
 
 def cached_folder(spec: PromptSetSpec, cache_dir: str) -> str:
@@ -84,13 +70,7 @@ class PromptSet:
 
     def __init__(self, folder: str):
         self.folder = folder
-        with open(os.path.join(folder, META_FILE)) as f:
-            self.meta = json.load(f)
-        tables = [
-            pa.ipc.open_stream(pa.memory_map(os.path.join(folder, name))).read_all()
-            for name in self.meta["files"]
-        ]
-        self.table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        self.meta, self.table = open_folder(folder)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -161,56 +141,19 @@ def tokenize_prompts(batch: dict, *, spec: dict) -> dict:
 def build_prompt_set(spec: PromptSetSpec, num_proc: int = 0) -> tuple[str, dict]:
     """Check and tokenize spec's file into a new folder under the system temp dir; returns (folder, meta). Bad rows
     raise one ValueError naming the file and row. `sft_dataset.install` moves the folder into the cache."""
-    from datasets import Dataset, Features, Sequence, Value, disable_progress_bars
+    from datasets import Sequence, Value
 
-    disable_progress_bars()
-    tmp = tempfile.mkdtemp(prefix=f"switchpoint-{spec.split}-")
-    try:
-        n_rows = _write_raw(spec, os.path.join(tmp, "raw.arrow"))
-        if n_rows == 0:
-            raise ValueError(f"data split {spec.split!r} at {spec.path} has no rows")
-        raw = Dataset.from_file(os.path.join(tmp, "raw.arrow"), in_memory=False)
-        procs = num_proc or min(8, os.cpu_count() or 1)
-        procs = 1 if n_rows < SMALL_SET_ROWS else min(procs, n_rows // 1000)
-        if procs > 1:
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        kept = {"answer": Value("string"), "row": Value("int64")}
-        if spec.with_response:
-            kept["response"] = Value("string")
-        features = Features({**kept, "prompt_ids": Sequence(Value("int32")), "prompt_len": Value("int32")})
-        tokens = raw.map(
-            tokenize_prompts,
-            batched=True,
-            batch_size=1000,
-            num_proc=procs if procs > 1 else None,
-            remove_columns=["prompt"],
-            fn_kwargs={"spec": asdict(spec)},
-            features=features,
-            cache_file_name=os.path.join(tmp, "tokens.arrow"),
-            new_fingerprint=_map_fingerprint(spec),
-            keep_in_memory=False,
-        )
-        meta = {
-            "format": FORMAT_VERSION,
-            "files": [os.path.basename(f["filename"]) for f in tokens.cache_files],
-            "rows": n_rows,
-            "max_prompt_len": int(tokens.data.column("prompt_len").to_numpy().max()),
-            "source": spec.path,
-            "spec": asdict(spec),
-        }
-        del raw, tokens
-        os.remove(os.path.join(tmp, "raw.arrow"))
-        with open(os.path.join(tmp, META_FILE), "w") as f:
-            json.dump(meta, f)
-        return tmp, meta
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    columns = {"answer": Value("string"), "row": Value("int64")}
+    if spec.with_response:
+        columns["response"] = Value("string")
+    columns.update(prompt_ids=Sequence(Value("int32")), prompt_len=Value("int32"))
 
+    def summarize(tokens) -> dict:
+        return {"max_prompt_len": int(tokens.data.column("prompt_len").to_numpy().max())}
 
-def _map_fingerprint(spec: PromptSetSpec) -> str:
-    """datasets' fingerprint of the map result (given, so it does not hash the function and its arguments)."""
-    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:16]
+    return build_set(
+        spec, _write_raw, tokenize_prompts, columns, ["prompt"], summarize, FORMAT_VERSION, num_proc
+    )
 
 
 def check_fits_model(folder: str, split: str, max_positions: int, model_path: str) -> None:

@@ -82,7 +82,13 @@ def _hash_file(digest, path: str) -> None:
 
 def cache_key(spec: SftSetSpec) -> str:
     """Hash of the data file's bytes, the tokenizer's files and the settings (not the file's path or time)."""
-    digest = hashlib.sha256(f"v{FORMAT_VERSION}".encode())
+    return spec_key(spec, f"v{FORMAT_VERSION}")
+
+
+def spec_key(spec, version: str) -> str:
+    """A cache key for any set spec (a dataclass with `path` and `tokenizer_dir`): version tag, every other
+    setting, the data file's bytes and the tokenizer's files."""
+    digest = hashlib.sha256(version.encode())
     settings = {k: v for k, v in asdict(spec).items() if k not in ("path", "tokenizer_dir")}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     _hash_file(digest, spec.path)
@@ -94,19 +100,23 @@ def cache_key(spec: SftSetSpec) -> str:
     return digest.hexdigest()[:16]
 
 
+def open_folder(folder: str) -> tuple[dict, pa.Table]:
+    """A cache folder's meta.json and its Arrow files as one memory-mapped table (pyarrow alone)."""
+    with open(os.path.join(folder, META_FILE)) as f:
+        meta = json.load(f)
+    tables = [
+        pa.ipc.open_stream(pa.memory_map(os.path.join(folder, name))).read_all() for name in meta["files"]
+    ]
+    return meta, pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
 class SftSet:
     """An opened tokenized set: rows memory-mapped from the cache folder's Arrow files (read with pyarrow alone,
     so the controller and the learner ranks never import `datasets`)."""
 
     def __init__(self, folder: str):
         self.folder = folder
-        with open(os.path.join(folder, META_FILE)) as f:
-            self.meta = json.load(f)
-        tables = [
-            pa.ipc.open_stream(pa.memory_map(os.path.join(folder, name))).read_all()
-            for name in self.meta["files"]
-        ]
-        self.table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        self.meta, self.table = open_folder(folder)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -199,17 +209,19 @@ def tokenize_batch(batch: dict, *, spec: dict) -> dict:
     return out
 
 
-def build_sft_set(spec: SftSetSpec, num_proc: int = 0) -> tuple[str, dict]:
-    """Tokenize spec's file into a new folder under the system temp dir; returns (folder, meta). Bad rows raise
-    one ValueError naming the file and row. `install` moves the folder into the cache."""
-    from datasets import Dataset, Features, Sequence, Value, disable_progress_bars
+def build_set(
+    spec, write_raw, tokenize, columns: dict, dropped: list[str], summarize, version: int, num_proc: int
+):
+    """The build every set shares: rows checked into raw.arrow in a new folder under the system temp dir
+    (`write_raw(spec, path) -> rows`), tokenized by a batched `datasets` map (worker processes for large files)
+    into `columns`, `summarize(tokens)` added to meta.json (it may raise on what it finds). Returns (folder, meta);
+    the folder is removed on any error. `install` moves it into the cache."""
+    from datasets import Dataset, Features, disable_progress_bars
 
     disable_progress_bars()  # a run's console shows its own progress; the map's bars would bury it
-    if _tokenizer(spec.tokenizer_dir).eos_token_id is None:
-        raise ValueError(f"the tokenizer in {spec.tokenizer_dir} has no eos token; SFT targets end with eos")
     tmp = tempfile.mkdtemp(prefix=f"switchpoint-{spec.split}-")
     try:
-        n_rows = _write_raw(spec, os.path.join(tmp, "raw.arrow"))
+        n_rows = write_raw(spec, os.path.join(tmp, "raw.arrow"))
         if n_rows == 0:
             raise ValueError(f"data split {spec.split!r} at {spec.path} has no rows")
         raw = Dataset.from_file(os.path.join(tmp, "raw.arrow"), in_memory=False)
@@ -217,36 +229,26 @@ def build_sft_set(spec: SftSetSpec, num_proc: int = 0) -> tuple[str, dict]:
         procs = 1 if n_rows < SMALL_SET_ROWS else min(procs, n_rows // 1000)
         if procs > 1:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # each worker encodes on one thread
-        features = Features(
-            {
-                "row": Value("int64"),
-                "input_ids": Sequence(Value("int32")),
-                "prompt_len": Value("int32"),
-                "length": Value("int32"),
-                "truncated": Value("bool"),
-            }
-        )
         tokens = raw.map(
-            tokenize_batch,
+            tokenize,
             batched=True,
             batch_size=1000,
             num_proc=procs if procs > 1 else None,
-            remove_columns=["prompt", "response"],
+            remove_columns=dropped,
             fn_kwargs={"spec": asdict(spec)},
-            features=features,
+            features=Features(columns),
             cache_file_name=os.path.join(tmp, "tokens.arrow"),
-            new_fingerprint=_map_fingerprint(spec),
+            # Given, so datasets does not hash the function and its arguments.
+            new_fingerprint=hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[
+                :16
+            ],
             keep_in_memory=False,
         )
-        files = [os.path.basename(f["filename"]) for f in tokens.cache_files]
-        _check(spec, tokens)
-        truncated = int(tokens.data.column("truncated").to_numpy(zero_copy_only=False).sum())
         meta = {
-            "format": FORMAT_VERSION,
-            "files": files,
+            "format": version,
+            "files": [os.path.basename(f["filename"]) for f in tokens.cache_files],
             "rows": n_rows,
-            "truncated": truncated,
-            "tokens": int(tokens.data.column("length").to_numpy().sum()),
+            **summarize(tokens),
             "source": spec.path,
             "spec": asdict(spec),
         }
@@ -254,23 +256,46 @@ def build_sft_set(spec: SftSetSpec, num_proc: int = 0) -> tuple[str, dict]:
         os.remove(os.path.join(tmp, "raw.arrow"))
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f)
-        if truncated:
-            logger.warning(
-                "%s: %d of %d examples truncated to max_len=%d (their ends, eos included, are not trained on)",
-                spec.split,
-                truncated,
-                n_rows,
-                spec.max_len,
-            )
         return tmp, meta
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _map_fingerprint(spec: SftSetSpec) -> str:
-    """datasets' fingerprint of the map result (given, so it does not hash the function and its arguments)."""
-    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:16]
+def build_sft_set(spec: SftSetSpec, num_proc: int = 0) -> tuple[str, dict]:
+    """Tokenize spec's file into a new folder under the system temp dir; returns (folder, meta). Bad rows raise
+    one ValueError naming the file and row. `install` moves the folder into the cache."""
+    from datasets import Sequence, Value
+
+    if _tokenizer(spec.tokenizer_dir).eos_token_id is None:
+        raise ValueError(f"the tokenizer in {spec.tokenizer_dir} has no eos token; SFT targets end with eos")
+
+    def summarize(tokens) -> dict:
+        _check(spec, tokens)
+        return {
+            "truncated": int(tokens.data.column("truncated").to_numpy(zero_copy_only=False).sum()),
+            "tokens": int(tokens.data.column("length").to_numpy().sum()),
+        }
+
+    columns = {
+        "row": Value("int64"),
+        "input_ids": Sequence(Value("int32")),
+        "prompt_len": Value("int32"),
+        "length": Value("int32"),
+        "truncated": Value("bool"),
+    }
+    tmp, meta = build_set(
+        spec, _write_raw, tokenize_batch, columns, ["prompt", "response"], summarize, FORMAT_VERSION, num_proc
+    )
+    if meta["truncated"]:
+        logger.warning(
+            "%s: %d of %d examples truncated to max_len=%d (their ends, eos included, are not trained on)",
+            spec.split,
+            meta["truncated"],
+            meta["rows"],
+            spec.max_len,
+        )
+    return tmp, meta
 
 
 def _check(spec: SftSetSpec, tokens) -> None:
