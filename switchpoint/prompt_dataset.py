@@ -21,9 +21,9 @@ import pyarrow as pa
 
 from switchpoint.data import iter_rows, render_prompt
 from switchpoint.sft_dataset import (
-    _row_label,
     _tokenizer,
     build_set,
+    first_too_long,
     open_folder,
     spec_key,
 )
@@ -158,16 +158,12 @@ def build_prompt_set(spec: PromptSetSpec, num_proc: int = 0) -> tuple[str, dict]
 
 def check_fits_model(folder: str, split: str, max_positions: int, model_path: str) -> None:
     """A prompt vLLM cannot generate for (as long as the model's positions, or longer) is named by its row."""
-    import numpy as np
-
     prompts = PromptSet(folder)
-    lengths = prompts.column("prompt_len")
-    bad = np.flatnonzero(lengths >= max_positions)
-    if bad.size:
-        i = int(bad[0])
-        number = int(prompts.table.column("row")[i].as_py())
+    too_long = first_too_long(prompts.table, prompts.path, max_positions)
+    if too_long:
+        length, where = too_long
         raise ValueError(
-            f"{split} file {prompts.path}: {_row_label(prompts.path, number)}: the prompt is {int(lengths[i])} "
+            f"{split} file {prompts.path}: {where}: the prompt is {length} "
             f"tokens, the model takes {max_positions} (max_position_embeddings of {model_path}), so vLLM cannot "
             "generate for it; shorten or drop the row"
         )

@@ -298,18 +298,27 @@ def build_sft_set(spec: SftSetSpec, num_proc: int = 0) -> tuple[str, dict]:
     return tmp, meta
 
 
-def _check(spec: SftSetSpec, tokens) -> None:
-    """A prompt that alone fills max_len (no response token to train on) names its row; all rows cut too."""
+def first_too_long(table, path: str, limit: int) -> tuple[int, str] | None:
+    """(prompt length, "line N"/"row N" of the file) of the first row whose prompt_len is >= limit, or None."""
     import numpy as np
 
-    prompt_len = tokens.data.column("prompt_len").to_numpy()
-    bad = np.flatnonzero(prompt_len >= spec.max_len)
-    if bad.size:
-        i = int(bad[0])
-        number = int(tokens.data.column("row")[i].as_py())
+    lengths = table.column("prompt_len").to_numpy()
+    bad = np.flatnonzero(lengths >= limit)
+    if not bad.size:
+        return None
+    i = int(bad[0])
+    return int(lengths[i]), _row_label(path, int(table.column("row")[i].as_py()))
+
+
+def _check(spec: SftSetSpec, tokens) -> None:
+    """A prompt that alone fills max_len (no response token to train on) names its row; all rows cut too."""
+
+    too_long = first_too_long(tokens.data, spec.path, spec.max_len)
+    if too_long:
+        length, where = too_long
         raise ValueError(
-            f"{spec.split} file {spec.path}: {_row_label(spec.path, number)}: the prompt alone is "
-            f"{int(prompt_len[i])} tokens and config key 'data.max_len' is {spec.max_len}, so no response token "
+            f"{spec.split} file {spec.path}: {where}: the prompt alone is "
+            f"{length} tokens and config key 'data.max_len' is {spec.max_len}, so no response token "
             "would be trained on; raise data.max_len or shorten the prompt"
         )
     if bool(tokens.data.column("truncated").to_numpy(zero_copy_only=False).all()):
