@@ -168,7 +168,7 @@ class BranchController(Controller):
             "evals": self.evals,
             "summary": self.summary,
             "rows": self.folder.rows,
-            "stepper": self.stepper.get_state(),
+            "stepper": self._sampler_state(),
         }
         with open(os.path.join(path, "branch.json"), "w") as f:
             json.dump(state, f)

@@ -21,6 +21,7 @@ from actors.progress import ActorLog
 from actors.recovery import FaultTolerance
 from actors.resumable import Resumable
 from actors.rl_step import RLStepper
+from actors.rollouts_ahead import RolloutsAhead
 from actors.run_folder import RunFolder
 from actors.run_state import ResumeStates
 from actors.sft_phase import SFTPhase
@@ -180,10 +181,13 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
     def _branch_helpers(self) -> None:
         """What a branch needs beyond the actors: built anew per branch when live actors are reused."""
         cfg = self.cfg
+        if getattr(self, "ahead", None) is not None:
+            self.ahead.shutdown()  # the previous branch's (its rollouts belong to its weights)
         self.sync = make_weight_sync(cfg.rollout.weight_sync, self.run_dir)
         self.stepper = RLStepper(
             cfg, self.learner, self.workers, self.verifier, self.tokenizer, self.hf_config, self.prompt_sets
         )
+        self.ahead = RolloutsAhead(self.stepper) if cfg.rl.max_staleness else None
 
     def _run(self, t_start: float) -> dict:
         cfg = self.cfg
@@ -230,6 +234,8 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
     def _train(self, resume: tuple[str, dict] | None) -> None:
         """SFT (or the trunk's branch point), the switch, RL; from the start or from a resume state."""
         path, st = resume if resume else (None, None)
+        if self.ahead is not None:
+            self.ahead.drop()  # rollouts sampled ahead of a state the run goes back to are sampled again
         self._rewind(st["rows"] if st else 0)
         self.summary = copy.deepcopy(st["summary"] if st else self.initial_summary)
         if st is not None:
@@ -412,18 +418,23 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
         cfg = self.cfg
         self.state.update(phase="rl", step=i)
         self._inject("rl", i)
-        sampler = self.stepper.get_state()
-        # An engine that dies mid-step is replaced and the step redone from the same prompts; the learner is
-        # only touched at the step's end, after every engine call.
-        row = self._on_rollouts(
-            f"RL step {i}", lambda: self.stepper.step(i), before=lambda: self.stepper.set_state(sampler)
-        )
+        t0 = time.perf_counter()
+        if self.ahead is None:
+            sampler = self.stepper.get_state()
+            # An engine that dies mid-step is replaced and the step redone from the same prompts; the learner
+            # is only touched at the step's end, after every engine call.
+            row = self._on_rollouts(
+                f"RL step {i}", lambda: self.stepper.step(i), before=lambda: self.stepper.set_state(sampler)
+            )
+        else:
+            row = self._rl_step_ahead(i)
         self._drain_verifier_faults()
         sync = self._on_rollouts(
             f"weight sync after RL step {i}",
             lambda: self.sync.sync(self.learner, self.workers, switch_step + i),
         )
         row["timing"]["weight_sync"] = sync["seconds"]
+        row["timing"]["step_wall"] = time.perf_counter() - t0  # parts overlap when rollouts run ahead
         self.stepper.record_sync(sync["seconds"])
         self.rl_flops += row.pop("step_flops")
         row.update(
@@ -442,7 +453,35 @@ class Controller(SFTPhase, Resumable, FaultTolerance):
             return res
         return None
 
+    def _sampler_state(self) -> dict:
+        """The prompt sampler's position for a resume state (before any rollouts sampled ahead)."""
+        return self.ahead.sampler_state() if self.ahead else self.stepper.get_state()
+
+    def _rl_step_ahead(self, i: int) -> dict:
+        """RL step i with rl.max_staleness 1: train on the rollouts sampled during step i-1 while the engines
+        sample step i+1's; the weight sync after it waits for them."""
+        rollouts, staleness = self.ahead.take(i), 1
+        if rollouts is None:  # the first step, the first after a resume, or an engine died in the collection
+            sampler, staleness = self.stepper.get_state(), 0
+            rollouts = self._on_rollouts(
+                f"RL step {i} rollouts",
+                lambda: self.stepper.collect(i),
+                before=lambda: self.stepper.set_state(sampler),
+            )
+        if i < self.cfg.rl.steps and not self.stop_requested:
+            self.ahead.start(i + 1)
+        try:
+            row = self.stepper.learn(rollouts)
+        except BaseException:
+            self.ahead.drop()
+            raise
+        row["timing"]["wait_rollouts"] = self.ahead.finish()
+        row["staleness"] = staleness
+        return row
+
     def _shutdown(self) -> None:
+        if getattr(self, "ahead", None) is not None:
+            self.ahead.shutdown()
         for name in ("learner", "verifier"):
             obj = getattr(self, name, None)
             if obj is not None:

@@ -241,10 +241,9 @@ class LearnerRank:
         return self.eval_loss(self._read_rows(folder, indices))
 
     def _temperature(self) -> float:
-        """Temperature the RL log-probs are taken at: the sampling temperature when the learner provides the
-        behaviour log-probs (veRL divides the logits by it for old and new alike), else 1 (vLLM's raw ones)."""
-        t = float(self.rl.get("temperature") or 1.0)
-        return t if self.rl.get("old_logprobs", "learner") == "learner" else 1.0
+        """Temperature the RL log-probs are taken at: the sampling temperature, for old and new alike (veRL
+        divides the logits by it; the engine's log-probs are taken after it, see actors/rollout.py)."""
+        return float(self.rl.get("temperature") or 1.0)
 
     def _rl_logprobs(self, ids, attn):
         """(response-position log-probs [B, T-1] at the RL temperature, the scaled logits)."""

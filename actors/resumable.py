@@ -53,7 +53,7 @@ class Resumable:
                 i=self.i,
                 rl_flops=self.rl_flops,
                 last_eval=self.last_eval,
-                stepper=self.stepper.get_state(),
+                stepper=self._sampler_state(),
                 timings=dict(self.stepper.timings),
             )
         self.states.commit(partial, json.loads(json.dumps(st, default=float)))

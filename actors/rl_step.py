@@ -1,49 +1,28 @@
-"""One RL step (generate -> verify -> advantages -> train) and the held-out evaluation, timed by part.
+"""One RL step (collect rollouts -> advantages -> train) and the held-out evaluation, timed by part.
 
-Used by the Controller; kept apart so the controller file reads as the state machine only.
+Used by the Controller; kept apart so the controller file reads as the state machine only. The rollouts half
+(prompts, generation, scoring, dynamic sampling) is actors/rollout_collect.py.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections import defaultdict
 
-import numpy as np
-import ray
 import torch
 
-from actors.rl_members import GroupMembers
-from trainers import CORRECT_THRESHOLD, rl_objective, summarize_eval
-from trainers.sampling import ShortBatchError, settle_short_batch
+from actors.rollout_collect import RolloutCollector, Rollouts
+from trainers import rl_objective, summarize_eval
 
 
-class RLStepper(GroupMembers):
+class RLStepper(RolloutCollector):
     def __init__(self, cfg, learner, workers, verifier, tokenizer, hf_config, prompt_sets):
-        """prompt_sets: {"rl", "eval"} PromptSets (switchpoint/prompt_dataset.py), memory-mapped; a step reads
-        its rows by index, so no split is held as Python rows."""
+        """prompt_sets: {"rl", "eval"} PromptSets (switchpoint/prompt_dataset.py), read by index."""
         self.cfg, self.learner, self.workers, self.verifier = cfg, learner, workers, verifier
         self.tokenizer, self.hf_config = tokenizer, hf_config
         self.objective = rl_objective(cfg.rl.algorithm)
-        self.rl_set, self.eval_set = prompt_sets["rl"], prompt_sets["eval"]
-        # Positions in rl_set the sampler draws from. The paper's max prompt length: longer prompts are left out
-        # (veRL's filter_overlong_prompts).
-        lengths = self.rl_set.column("prompt_len")
-        self.rl_index = np.arange(len(lengths), dtype=np.int64)
-        if cfg.rl.max_prompt_len:
-            self.rl_index = np.flatnonzero(lengths <= cfg.rl.max_prompt_len)
-            if not self.rl_index.size:
-                raise ValueError(f"every RL prompt is longer than rl.max_prompt_len={cfg.rl.max_prompt_len}")
-        if self.objective.needs_expert and not self.rl_set.meta["spec"]["with_response"]:
-            raise ValueError(
-                f"rl.algorithm {cfg.rl.algorithm} puts the expert trajectory in every group: the RL set at "
-                f"{self.rl_set.folder} was built without the expert response (data.columns.response)"
-            )
+        self._init_sampler(prompt_sets)
         self.n_eval = min(len(self.eval_set), cfg.eval.max_prompts)
-        self.rng = random.Random(cfg.run.seed + 1)
-        # The rest of the shuffled pass over rl_index, drawn from its end, and the RNG state it was shuffled from.
-        self.order = np.zeros(0, dtype=np.int64)
-        self.pass_rng: tuple | None = None
         self.sft_buffer: list[dict] = []  # ReLIFT: expert trajectories of the hardest prompts, for SFT
         self.timings: dict[str, list[float]] = defaultdict(list)
 
@@ -62,145 +41,24 @@ class RLStepper(GroupMembers):
             "old_logprobs": cfg.rl.old_logprobs,
         }
 
-    # ---- generation across workers ---------------------------------------------------------------------------
-    @staticmethod
-    def _encode(rows: list[dict]) -> list[list[int]]:
-        # Tokenized when the set was built (prompt_template, chat template, no special tokens), as the SFT data.
-        return [r["prompt_ids"] for r in rows]
-
-    def _generate(self, prompts: list[list[int]], n: int, temperature: float, seed: int | None) -> list[dict]:
-        """Spread prompts round-robin over the engines; each prompt gets its own sampling seed."""
-        k = len(self.workers)
-        seeds = (
-            None
-            if seed is None
-            else [random.Random(seed * 1_000_003 + j).getrandbits(31) for j in range(len(prompts))]
-        )
-        refs = [
-            w.generate.remote(
-                prompts[j::k],
-                n,
-                temperature,
-                self.cfg.rollout.max_tokens,
-                None if seeds is None else seeds[j::k],
-                self.cfg.rollout.top_p,
-            )
-            for j, w in enumerate(self.workers)
-            if prompts[j::k]
-        ]
-        outs = ray.get(refs)
-        merged: list = [None] * len(prompts)
-        for j, out in enumerate(outs):
-            for m, o in enumerate(out):
-                merged[j + m * k] = o
-        return merged
-
-    def _next_positions(self, count: int) -> list[int]:
-        """Positions in rl_set of the next `count` prompts: passes over rl_index in an order shuffled by the
-        sampler's RNG, taken from the end."""
-        picked = []
-        while len(picked) < count:
-            if not self.order.size:
-                self.pass_rng = self.rng.getstate()
-                self.order = self._shuffled_pass()
-            take = min(count - len(picked), self.order.size)
-            picked += self.order[::-1][:take].tolist()
-            self.order = self.order[: self.order.size - take]
-        return self.rl_index[picked].tolist()
-
-    def _shuffled_pass(self) -> np.ndarray:
-        order = list(range(len(self.rl_index)))
-        self.rng.shuffle(order)
-        return np.asarray(order, dtype=np.int64)
-
-    def _next_prompts(self, count: int) -> list[dict]:
-        """The next `count` RL rows ({"prompt_ids", "answer", "response"}), read from the set by index."""
-        return self.rl_set.rows(self._next_positions(count))
-
-    def _score(self, outs: list[dict], rows: list[dict]) -> tuple[list[list[float]], dict]:
-        texts, refs = [], []
-        for o, r in zip(outs, rows):
-            for s in o["samples"]:
-                texts.append(s["text"])
-                refs.append(r["answer"])
-        results = self.verifier.score(texts, refs)
-        g = len(outs[0]["samples"]) if outs else 0
-        scores = [[results[i * g + j].score for j in range(g)] for i in range(len(outs))]
-        statuses: dict[str, int] = defaultdict(int)
-        for res in results:
-            statuses[res.status] += 1
-        return scores, dict(statuses)
-
     # ---- one RL step -----------------------------------------------------------------------------------------
     def step(self, i: int) -> dict:
+        """On-policy RL step i: rollouts from the engines' current weights, then the update."""
+        return self.learn(self.collect(i))
+
+    def learn(self, rollouts: Rollouts) -> dict:
+        """Advantages and the optimizer update(s) on one step's rollouts; the step's metrics row."""
         cfg, objective = self.cfg, self.objective
         t0 = time.perf_counter()
         self.learner.set_objective("rl", self.learner_settings())
-        t_gen = t_ver = 0.0
-        kept_outs, kept_scores, all_scores, statuses = [], [], [], defaultdict(int)
-        generated_prompts = gen_tokens = prompt_tokens = 0
-        n_sampled = cfg.rl.group_size - objective.off_policy_members - objective.prefix_members
-        for rnd in range(cfg.rl.max_gen_rounds if objective.dynamic_sampling else 1):
-            need = cfg.rl.prompts_per_step - len(kept_outs)
-            rows = self._next_prompts(
-                need
-                if rnd == 0 and not cfg.rl.gen_batch_size
-                else cfg.rl.gen_batch_size or cfg.rl.prompts_per_step
-            )
-            t = time.perf_counter()
-            outs = self._generate(
-                self._encode(rows), n_sampled, cfg.rollout.temperature, (cfg.run.seed * 100_003 + i) * 7 + rnd
-            )
-            t_gen += time.perf_counter() - t
-            gen_tokens += sum(len(s["token_ids"]) for o in outs for s in o["samples"])
-            for o, r, h in zip(outs, rows, self._hybrids(rows, i, rnd)):
-                o["samples"] += [self._expert_member(r) for _ in range(objective.off_policy_members)] + h
-                if objective.expert_fallback or objective.interleaved_sft:
-                    o["expert_member"] = self._expert_member(r)
-            t = time.perf_counter()
-            scores, st = self._score(outs, rows)
-            scores = [
-                [x + self._overlong_penalty(smp) for x, smp in zip(sc, o["samples"])]
-                for sc, o in zip(scores, outs)
-            ]
-            t_ver += time.perf_counter() - t
-            for k, v in st.items():
-                statuses[k] += v
-            generated_prompts += len(rows)
-            prompt_tokens += sum(len(o["prompt_token_ids"]) for o in outs)
-            all_scores += scores
-            for o, sc in zip(outs, scores):
-                # UPT, ReLIFT: no completion correct -> the group trains on its expert trajectory instead.
-                expert_sft = objective.expert_fallback or objective.interleaved_sft
-                o["fallback"] = expert_sft and max(sc) < CORRECT_THRESHOLD
-                informative = max(sc) != min(sc)
-                if (informative or not objective.dynamic_sampling) and len(
-                    kept_outs
-                ) < cfg.rl.prompts_per_step:
-                    kept_outs.append(o)
-                    kept_scores.append(sc)
-            if len(kept_outs) >= cfg.rl.prompts_per_step:
-                break
-        short = objective.dynamic_sampling and len(kept_outs) < cfg.rl.prompts_per_step
-        if objective.dynamic_sampling:
-            try:
-                kept = settle_short_batch(
-                    list(range(len(kept_outs))),
-                    cfg.rl.prompts_per_step,
-                    cfg.rl.short_batch,
-                    cfg.rl.max_gen_rounds,
-                )
-            except ShortBatchError as e:
-                raise ShortBatchError(f"RL step {i}: {e}") from None
-            kept_outs, kept_scores = [kept_outs[k] for k in kept], [kept_scores[k] for k in kept]
-
-        rewards_all = [x for s in all_scores for x in s]
+        kept_outs, kept_scores, short = rollouts.groups, rollouts.scores, rollouts.short
+        generated_prompts, gen_tokens = rollouts.generated_prompts, rollouts.gen_tokens
         row = {
-            "reward_mean": sum(rewards_all) / len(rewards_all),
+            "reward_mean": rollouts.reward_mean,
             "groups_kept": len(kept_outs),
             "prompts_generated": generated_prompts,
             "gen_tokens": gen_tokens,
-            "verifier_status": dict(statuses),
+            "verifier_status": dict(rollouts.statuses),
             "old_logprobs": cfg.rl.old_logprobs,
             "short_batch": short,
         }
@@ -266,7 +124,7 @@ class RLStepper(GroupMembers):
         if objective.interleaved_sft:
             row["sft_buffer"] = len(self.sft_buffer)
         n_seq = max(1, generated_prompts * cfg.rl.group_size)
-        mean_len = prompt_tokens / max(1, generated_prompts) + gen_tokens / n_seq
+        mean_len = rollouts.prompt_tokens / max(1, generated_prompts) + gen_tokens / n_seq
         row["step_flops"] = objective.step_flops(
             self.hf_config,
             generated_prompts,
@@ -275,12 +133,12 @@ class RLStepper(GroupMembers):
             mean_len,
             [len(o["prompt_token_ids"]) + len(o["expert_member"]["token_ids"]) for o in sft_groups],
         )
-        total = time.perf_counter() - t0
+        t_gen, t_ver = rollouts.seconds["generate"], rollouts.seconds["verify"]
         row["timing"] = {
             "generate": t_gen,
             "verify": t_ver,
             "train": t_train,
-            "other": total - t_gen - t_ver - t_train,
+            "other": rollouts.seconds["collect"] - t_gen - t_ver + time.perf_counter() - t0 - t_train,
         }
         row["gen_tokens_per_s"] = gen_tokens / t_gen if t_gen else None
         for k, v in row["timing"].items():
@@ -350,31 +208,6 @@ class RLStepper(GroupMembers):
             else:
                 out[key] = sum(r.get(key, 0.0) * r.get("tokens", 0.0) for r in res) / weight
         return out
-
-    def get_state(self) -> dict:
-        """The sampler's position for resume (JSON-safe): the RNG state its pass was shuffled from and how many
-        prompts it drew (shuffled again on restore: the state does not grow with the RL set)."""
-        rng, taken = self.rng.getstate(), None
-        if self.order.size:
-            if self.pass_rng is None:  # a pass restored from a state that holds the order: kept as it was
-                version, internal, gauss = rng
-                return {"rng": [version, list(internal), gauss], "order": self.order.tolist(),
-                        "sft_buffer": self.sft_buffer}  # fmt: skip
-            rng, taken = self.pass_rng, len(self.rl_index) - self.order.size
-        version, internal, gauss = rng
-        return {"rng": [version, list(internal), gauss], "pass_taken": taken, "sft_buffer": self.sft_buffer}
-
-    def set_state(self, state: dict) -> None:
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-        self.sft_buffer = list(state.get("sft_buffer", []))
-        self.pass_rng, self.order = None, np.zeros(0, dtype=np.int64)
-        if "order" in state:  # written before passes were shuffled again on restore
-            self.order = np.asarray(state["order"], dtype=np.int64)
-        elif state["pass_taken"] is not None:
-            self.pass_rng = self.rng.getstate()
-            order = self._shuffled_pass()
-            self.order = order[: order.size - state["pass_taken"]]
 
     def record_sync(self, seconds: float) -> None:
         self.timings["weight_sync"].append(seconds)

@@ -76,6 +76,10 @@ class RolloutWorker:
             max_model_len=max_model_len,
             enable_prefix_caching=False,
             enforce_eager=True,
+            # Sampled-token log-probs after temperature and top-p: the distribution the token was drawn from,
+            # so `rl.old_logprobs: engine` (and rollouts sampled ahead, rl.max_staleness) give the behaviour
+            # policy's own log-probs (vLLM's default is the raw model's).
+            logprobs_mode="processed_logprobs",
             use_tqdm_on_load=False,  # a progress bar per engine start in the driver log
         )
         if self.on_gpu:

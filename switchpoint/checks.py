@@ -51,6 +51,17 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'data.max_len' must be >= 2 (a prompt token and eos), got {cfg.data.max_len}"
         )
+    if cfg.rl.max_staleness not in (0, 1):
+        raise ConfigError(
+            f"config key 'rl.max_staleness' must be 0 (on-policy) or 1 (rollouts sampled one update ahead), "
+            f"got {cfg.rl.max_staleness}"
+        )
+    if cfg.rl.max_staleness and cfg.rl.old_logprobs != "engine":
+        raise ConfigError(
+            "config key 'rl.old_logprobs' must be 'engine' with rl.max_staleness: 1: rollouts sampled ahead come "
+            "from weights the learner has already updated, so only the engine's log-probs are the behaviour "
+            f"policy's (got {cfg.rl.old_logprobs!r})"
+        )
     sft_runs = cfg.switch.policy != "rl_only" and cfg.sft.max_steps > 0
     if sft_runs and cfg.sft.eval_every > cfg.sft.max_steps:
         raise ConfigError(

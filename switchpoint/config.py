@@ -239,9 +239,16 @@ class RLConfig:
     objective's own (10 for dapo, as the paper's veRL recipe; off for the others)."""
     old_logprobs: str = "learner"
     """Behaviour-policy log-probs for the ratio: `learner` recomputes them with the learner's weights before the
-    step's first update, at the sampling temperature (the authors' veRL runs); `engine` takes vLLM's, which are
-    before temperature and top-p (the learner then also scores at temperature 1), so at temperature != 1 the
-    ratio compares another policy than the one sampled."""
+    step's first update, at the sampling temperature (the authors' veRL runs); `engine` takes the log-probs vLLM
+    sampled each token with (after temperature and top-p), with no extra learner pass: the only choice when
+    rollouts are sampled ahead (rl.max_staleness), where the learner no longer holds the weights that sampled.
+    The learner scores at the sampling temperature either way, over the whole vocabulary (no top-p)."""
+    max_staleness: int = 0
+    """Asynchronous RL: 1 samples step i+1's rollouts with the weights before step i's update while the
+    learners train step i (veRL's one-step-off-policy recipe), so every update trains on rollouts exactly one
+    update old, with the importance ratio against the engine's own log-probs (needs rl.old_logprobs: engine).
+    0: on-policy, generation and training take turns. A resumed run samples its first step anew from the
+    restored weights."""
     minibatches: int = 1
     """Optimizer updates per RL step: the kept groups are split into this many mini-batches, all scored by the
     behaviour policy before the first update (rl.old_logprobs), so later updates see ratios != 1 and the clip

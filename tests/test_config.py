@@ -16,6 +16,7 @@ def test_cross_key_rules_leave_good_settings_alone():
     cfg = from_dict({"sft": {"max_steps": 0, "eval_every": 20}, "switch": {"policy": "rl_only"}})
     assert cfg.sft.eval_every == 20  # no SFT at all: eval_every is never used, no conflict
     assert from_dict({"rl": {"group_size": 2}}).rl.group_size == 2
+    assert from_dict({"rl": {"max_staleness": 1, "old_logprobs": "engine"}}).rl.max_staleness == 1
 
 
 def test_shipped_configs_parse():
@@ -58,6 +59,8 @@ def test_overrides_are_typed_and_nested():
         ({"rollout": {"gpu_memory_utilization": 1.5}}, "'rollout.gpu_memory_utilization'"),
         ({"model": {"build_tiny": True}, "data": {"max_len": 200}}, "'data.max_len' (200) is larger"),
         ({"faults": {"actor_max_restarts": -1}}, "'faults.actor_max_restarts'"),
+        ({"rl": {"max_staleness": 2, "old_logprobs": "engine"}}, "'rl.max_staleness' must be 0"),
+        ({"rl": {"max_staleness": 1}}, "'rl.old_logprobs' must be 'engine' with rl.max_staleness: 1"),
     ],
 )
 def test_bad_config_names_the_key(raw, needle):

@@ -105,6 +105,32 @@ def test_objective_switch_on_same_processes_and_disk_sync(stack):
     assert l_out == e_out
 
 
+def test_engine_logprobs_are_the_sampling_policys_after_temperature(stack):
+    """vLLM returns each sampled token's log-prob after temperature (logprobs_mode processed_logprobs), so at
+    temperature 0.7 the engine's log-probs equal the learner's at 0.7 (rl.old_logprobs: engine, and rollouts
+    sampled ahead, are the behaviour policy's) and differ from the raw, temperature-1 ones."""
+    learner, worker, tok = stack["learner"], stack["worker"], stack["tok"]
+    ObjectStoreSync().sync(learner, [worker], 27)
+    prompts = [tok.encode(r["prompt"], add_special_tokens=False) for r in stack["rows"][:4]]
+    outs = ray.get(worker.generate.remote(prompts, 3, 0.7, 30, [11, 12, 13, 14], 1.0))
+    batch = {"input_ids": [], "loss_mask": []}
+    engine = []
+    for o in outs:
+        for smp in o["samples"]:
+            batch["input_ids"].append(o["prompt_token_ids"] + smp["token_ids"])
+            batch["loss_mask"].append([0] * len(o["prompt_token_ids"]) + [1] * len(smp["token_ids"]))
+            engine.append(smp["logprobs"])
+    settings = {"algorithm": "dapo", "clip_low": 0.2, "clip_high": 0.28, "lr": 1e-3, "max_tokens": 30}
+    dev = {}
+    for t in (0.7, 1.0):
+        learner.set_objective("rl", dict(settings, temperature=t, old_logprobs="engine"))
+        mine = learner.compute_logprobs(batch)
+        dev[t] = max(abs(a - b) for e, m in zip(engine, mine) for a, b in zip(e, m))
+    assert sum(len(e) for e in engine) > 50
+    assert dev[0.7] < 1e-3
+    assert dev[1.0] > 1e-2
+
+
 def test_rollback_to_checkpoint_restores_weights(stack):
     learner, ex = stack["learner"], stack["examples"]
     path = str(stack["tmp"] / "ckpt")
