@@ -37,6 +37,12 @@ def _quiet_benign_reload_warning() -> None:
         logger.addFilter(_RotaryReloadFilter())
 
 
+def _decode(tokenizer, token_ids) -> str:
+    """A completion's text as vLLM's streaming detokenizer gives it: special tokens skipped, and the bytes of a
+    character the completion did not finish (byte-level BPE cut at max_tokens) dropped, not shown as U+FFFD."""
+    return tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd")
+
+
 class RolloutWorker:
     def __init__(
         self, model_path: str, cfg: RolloutConfig, max_model_len: int, dtype: str = "auto", seed: int = 0
@@ -109,9 +115,15 @@ class RolloutWorker:
         max_tokens: int,
         seeds: list[int] | None = None,
         top_p: float = 1.0,
+        engine_text: bool = False,
     ) -> list[dict]:
         """For each prompt (token ids, or text): prompt token ids and n completions (token ids, text,
-        sampled-token logprobs). seeds gives each prompt its own sampling stream."""
+        sampled-token logprobs). seeds gives each prompt its own sampling stream.
+
+        The text is decoded once per completion here (special tokens skipped, as vLLM does): vLLM's own
+        detokenizer decodes every sampled token as it comes, and the logprob of each too, ~20% of a tiny CPU
+        engine's step (benchmarks/engine_settings.py). engine_text=True takes vLLM's text instead (the test
+        that both are the same)."""
         from vllm import SamplingParams
 
         def params(seed):
@@ -122,6 +134,8 @@ class RolloutWorker:
                 max_tokens=max_tokens,
                 logprobs=0 if temperature > 0 else None,
                 seed=seed,
+                detokenize=engine_text,
+                flat_logprobs=True,  # one list per completion instead of a dict per token
             )
 
         # Token ids go in as they are, so RL prompts are tokenized exactly like the SFT data (no extra BOS).
@@ -133,12 +147,14 @@ class RolloutWorker:
             samples = []
             for c in out.outputs:
                 lps = None
-                if c.logprobs is not None:
-                    lps = [float(step[tok].logprob) for tok, step in zip(c.token_ids, c.logprobs)]
+                if c.logprobs is not None:  # the sampled token comes first at each position
+                    flat = c.logprobs
+                    lps = [float(flat.logprobs[k]) for k in flat.start_indices]
+                text = c.text if engine_text else _decode(self.tokenizer, c.token_ids)
                 samples.append(
                     {
                         "token_ids": list(c.token_ids),
-                        "text": c.text,
+                        "text": text,
                         "logprobs": lps,
                         "finish_reason": c.finish_reason,
                     }
