@@ -95,7 +95,12 @@ def switchpoint_side(shape: str, args) -> dict:
     splits, _ = load_splits(cfg)
     return {
         "steps": [
-            {**{p: r["timing"][p] for p in PARTS}, "tokens": r["gen_tokens"], "cpu": sum(c.values())}
+            {
+                **{p: r["timing"][p] for p in PARTS},
+                "wall": r["timing"].get("step_wall"),
+                "tokens": r["gen_tokens"],
+                "cpu": sum(c.values()),
+            }
             for r, c in zip(steps, cpu)
         ],
         "model": model,
@@ -222,7 +227,8 @@ def trl_worker(job_path: str, out_path: str) -> None:
 
 
 def summarize(steps: list[dict]) -> dict:
-    total = [sum(s[p] for p in PARTS) for s in steps]
+    # switchpoint measures its step's wall (parts overlap with rl.max_staleness: 1); TRL's is the sum of parts.
+    total = [s.get("wall") or sum(s[p] for p in PARTS) for s in steps]
     out = {p: statistics.mean(s[p] for s in steps) for p in PARTS}
     out["step"] = statistics.mean(total)
     out["step_median"] = statistics.median(total)

@@ -24,6 +24,12 @@ def async_run(tmp_path_factory):
             "rl.max_staleness=1",
             "--set",
             "rl.old_logprobs=engine",
+            "--set",
+            "rl.steps=4",
+            # An engine killed while it samples step 3 ahead (during step 2's update), then a learner rank
+            # killed at step 3: both recovered, and what the steps trained on says which rollouts survived.
+            "--set",
+            "faults.inject=[rollout@rl:2,learner@rl:3]",
         ]
     )
     (run_dir,) = [os.path.join(out, d) for d in os.listdir(out)]
@@ -31,21 +37,24 @@ def async_run(tmp_path_factory):
     return run_dir, [r for r in rows if r["phase"] == "rl" and "reward_mean" in r], summary
 
 
-def test_rollouts_are_one_update_old_after_the_first_step(async_run):
+def test_rollouts_are_one_update_old_unless_sampled_anew(async_run):
     _, steps, summary = async_run
-    assert [r["rl_step"] for r in steps] == [1, 2, 3]
-    # Step 1's rollouts come from the switch weights, sampled before any update: the engine's log-probs are the
-    # learner's own (processed log-probs, after temperature), ratio 1 on every token.
-    assert steps[0]["staleness"] == 0
-    assert steps[0]["ratio_max_dev_first_update"] < 1e-3
-    # Later steps train on rollouts sampled by the weights before the previous update: the ratio at the first
-    # update is against that older policy, so it moves away from 1.
-    for r in steps[1:]:
-        assert r["staleness"] == 1
-        assert r["ratio_max_dev_first_update"] > 1e-2
-        assert r["old_logprobs"] == "engine"
+    assert [r["rl_step"] for r in steps] == [1, 2, 3, 4]
+    # Step 1: sampled by the switch weights before any update. Step 2: sampled ahead during step 1. Step 3: its
+    # rollouts died with the engine, and after the learner fault the run went back to the state after step 2,
+    # so they were sampled anew by the current weights. Step 4: sampled ahead during step 3.
+    assert [r["staleness"] for r in steps] == [0, 1, 0, 1]
     for r in steps:
+        assert r["old_logprobs"] == "engine"
         assert {"wait_rollouts", "step_wall", "generate", "train"} <= set(r["timing"])
+        if r["staleness"] == 0:
+            # The engine's log-probs are the learner's own (after temperature): ratio 1 on every token.
+            assert r["ratio_max_dev_first_update"] < 1e-3
+        else:
+            # Sampled by the weights before the previous update: the ratio is against that older policy.
+            assert r["ratio_max_dev_first_update"] > 1e-2
+    faults = sorted(f["role"] for f in summary["faults"])
+    assert faults == ["learner", "rollout"], summary["faults"]
     assert summary["greedy_check_final"]["equal"] is True
     assert 0.0 <= summary["accuracy"]["final"] <= 1.0
 
