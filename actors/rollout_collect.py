@@ -152,11 +152,12 @@ class RolloutCollector(GroupMembers):
         generated_prompts = gen_tokens = prompt_tokens = 0
         n_sampled = cfg.rl.group_size - objective.off_policy_members - objective.prefix_members
         for rnd in range(cfg.rl.max_gen_rounds if objective.dynamic_sampling else 1):
+            # rl.gen_batch_size is dynamic sampling's over-sampling: an objective that trains every group it
+            # generates (GRPO) generates exactly prompts_per_step.
+            gen_batch = cfg.rl.gen_batch_size if objective.dynamic_sampling else 0
             need = cfg.rl.prompts_per_step - len(kept_outs)
             rows = self._next_prompts(
-                need
-                if rnd == 0 and not cfg.rl.gen_batch_size
-                else cfg.rl.gen_batch_size or cfg.rl.prompts_per_step
+                need if rnd == 0 and not gen_batch else gen_batch or cfg.rl.prompts_per_step
             )
             t = time.perf_counter()
             outs = self._generate(
