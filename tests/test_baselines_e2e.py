@@ -28,6 +28,7 @@ SETTINGS = [
     "rollout.check_sync_prompts=0",
     "eval.max_prompts=8",
     "eval.greedy=false",
+    "rl.gen_batch_size=16",  # dynamic sampling's over-sampling: an objective without it must ignore it
 ]
 
 
@@ -93,6 +94,7 @@ def test_every_baseline_trains_a_step_and_evaluates(baselines):
         assert summary["switch"]["step"] == 0 and summary["accuracy"]["at_switch"] == 0.0, algorithm
         assert summary["accuracy"]["final"] is not None and row["flops"] > 0, algorithm
         assert row["gen_tokens"] > 0 and row["timing"]["train"] > 0, algorithm
+        assert row["prompts_generated"] == 8, algorithm  # micro's prompts_per_step, not rl.gen_batch_size
         assert row.get("loss") is not None or algorithm == "relift", (algorithm, row)
         evals = [r for r in rows if r["phase"] == "rl" and r.get("accuracy") is not None]
         assert len(evals) == 2  # at the branch point and after the step
