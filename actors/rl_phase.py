@@ -47,12 +47,7 @@ class RLPhase:
         self._inject("rl", i)
         t0 = time.perf_counter()
         if self.ahead is None:
-            sampler = self.stepper.get_state()
-            # An engine that dies mid-step is replaced and the step redone from the same prompts; the learner
-            # is only touched at the step's end, after every engine call.
-            row = self._on_rollouts(
-                f"RL step {i}", lambda: self.stepper.step(i), before=lambda: self.stepper.set_state(sampler)
-            )
+            row = self.stepper.learn(self._collect(i))
         else:
             row = self._rl_step_ahead(i)
         self._drain_verifier_faults()
@@ -84,17 +79,22 @@ class RLPhase:
         """The prompt sampler's position for a resume state (before any rollouts sampled ahead)."""
         return self.ahead.sampler_state() if self.ahead else self.stepper.get_state()
 
+    def _collect(self, i: int):
+        """Step i's rollouts on the engines' current weights. An engine that dies in it is replaced and the
+        collection redone from the same prompts (the learner is not touched until it is complete)."""
+        sampler = self.stepper.get_state()
+        return self._on_rollouts(
+            f"RL step {i} rollouts",
+            lambda: self.stepper.collect(i),
+            before=lambda: self.stepper.set_state(sampler),
+        )
+
     def _rl_step_ahead(self, i: int) -> dict:
         """RL step i with rl.max_staleness 1: train on the rollouts sampled during step i-1 while the engines
         sample step i+1's; the weight sync after it waits for them."""
         rollouts, staleness = self.ahead.take(i), 1
         if rollouts is None:  # the first step, the first after a resume, or an engine died in the collection
-            sampler, staleness = self.stepper.get_state(), 0
-            rollouts = self._on_rollouts(
-                f"RL step {i} rollouts",
-                lambda: self.stepper.collect(i),
-                before=lambda: self.stepper.set_state(sampler),
-            )
+            rollouts, staleness = self._collect(i), 0
         if i < self.cfg.rl.steps and not self.stop_requested:
             self.ahead.start(i + 1)
         try:

@@ -42,10 +42,6 @@ class RLStepper(RolloutCollector):
         }
 
     # ---- one RL step -----------------------------------------------------------------------------------------
-    def step(self, i: int) -> dict:
-        """On-policy RL step i: rollouts from the engines' current weights, then the update."""
-        return self.learn(self.collect(i))
-
     def learn(self, rollouts: Rollouts) -> dict:
         """Advantages and the optimizer update(s) on one step's rollouts; the step's metrics row."""
         cfg, objective = self.cfg, self.objective

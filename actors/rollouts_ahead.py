@@ -22,7 +22,6 @@ class RolloutsAhead:
     def __init__(self, stepper):
         self.stepper = stepper
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollouts-ahead")
-        self.step: int | None = None
         self.future: Future | None = None
         self.ready: Rollouts | None = None
         self.sampler_before: dict | None = None  # the sampler before the rollouts in flight or ready
@@ -30,7 +29,7 @@ class RolloutsAhead:
     def start(self, i: int) -> None:
         """Begin collecting step i's rollouts on the engines' current weights."""
         self.sampler_before = copy.deepcopy(self.stepper.get_state())
-        self.step, self.ready = i, None
+        self.ready = None
         self.future = self.pool.submit(self.stepper.collect, i)
 
     def finish(self) -> float:
@@ -49,9 +48,9 @@ class RolloutsAhead:
 
     def take(self, i: int) -> Rollouts | None:
         """Step i's rollouts if they were collected ahead, else None (collect them now)."""
-        if self.ready is None or self.step != i:
+        if self.ready is None or self.ready.step != i:
             return None
-        out, self.ready, self.step, self.sampler_before = self.ready, None, None, None
+        out, self.ready, self.sampler_before = self.ready, None, None
         return out
 
     def drop(self) -> None:
@@ -62,7 +61,7 @@ class RolloutsAhead:
             self.future = None
         if self.sampler_before is not None:
             self.stepper.set_state(self.sampler_state())
-        self.ready, self.step, self.sampler_before = None, None, None
+        self.ready, self.sampler_before = None, None
 
     def sampler_state(self) -> dict:
         """The sampler's state for a resume state: from before the rollouts collected ahead (a resumed run
