@@ -26,6 +26,7 @@ def stack_signature(cfg_dict: dict) -> dict:
     sig = {k: cfg_dict[k] for k in STACK_KEYS}
     sig["learner"] = {k: cfg_dict["learner"][k] for k in STACK_LEARNER_KEYS}
     sig["seed"] = cfg_dict["run"]["seed"]
+    sig["rl_max_staleness"] = cfg_dict["rl"]["max_staleness"]  # the engines' thread count depends on it
     return sig
 
 

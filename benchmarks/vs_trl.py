@@ -12,6 +12,7 @@ the project's venv, `pip install --no-deps --target .venv-trl trl==1.16.0 accele
 .venv-trl first on its path when it exists.
 
     python benchmarks/vs_trl.py [--shapes tiny,small] [--steps 4] [--sft-steps 200] [--set key=value ...]
+        [--also key=value ...]   # switchpoint again with one setting changed, in the same run
 """
 
 from __future__ import annotations
@@ -239,22 +240,26 @@ def summarize(steps: list[dict]) -> dict:
 
 
 def print_table(results: dict) -> None:
-    head = f"{'shape':<7}{'side':<13}{'step s':>8}{'median':>8}" + "".join(f"{p[:8]:>9}" for p in PARTS)
+    w = max(13, *(len(side) + 2 for sides in results.values() for side in sides))
+    head = f"{'shape':<7}{'side':<{w}}{'step s':>8}{'median':>8}" + "".join(f"{p[:8]:>9}" for p in PARTS)
     print(head + f"{'tokens':>8}{'tok/s':>8}{'CPU s':>7}")
     for shape, sides in results.items():
         for side, s in sides.items():
             print(
-                f"{shape:<7}{side:<13}{s['step']:>8.2f}{s['step_median']:>8.2f}"
+                f"{shape:<7}{side:<{w}}{s['step']:>8.2f}{s['step_median']:>8.2f}"
                 + "".join(f"{s[p]:>9.3f}" for p in PARTS)
                 + f"{s['tokens']:>8.0f}{s['tok_per_s']:>8.0f}{s['cpu']:>7.2f}"
             )
-        sp, trl = sides["switchpoint"], sides["trl"]
-        print(
-            f"{shape:<7}ratio switchpoint/TRL step time {sp['step'] / trl['step']:.2f}x "
-            f"(median {sp['step_median'] / trl['step_median']:.2f}x), "
-            f"tokens/s {sp['tok_per_s'] / trl['tok_per_s']:.2f}x, CPU seconds per step "
-            f"{sp['cpu'] / trl['cpu']:.2f}x"
-        )
+        trl = sides["trl"]
+        for side, sp in sides.items():
+            if side == "trl":
+                continue
+            print(
+                f"{shape:<7}ratio {side}/TRL step time {sp['step'] / trl['step']:.2f}x "
+                f"(median {sp['step_median'] / trl['step_median']:.2f}x), "
+                f"tokens/s {sp['tok_per_s'] / trl['tok_per_s']:.2f}x, CPU seconds per step "
+                f"{sp['cpu'] / trl['cpu']:.2f}x"
+            )
 
 
 def main() -> int:
@@ -273,6 +278,12 @@ def main() -> int:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=0, help="0: the shape's own (40 tiny, 128 small)")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides, switchpoint side")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        help="key=value: the switchpoint side once more with this override, from the same checkpoint",
+    )
     ap.add_argument("--trl-threads", type=int, default=0, help="TRL's torch threads (0: torch's default)")
     ap.add_argument("--json", help="also write the table's numbers here")
     args = ap.parse_args()
@@ -283,6 +294,11 @@ def main() -> int:
         sp = switchpoint_side(shape, args)
         trl = trl_side(sp, args)
         results[shape] = {"switchpoint": summarize(sp["steps"]), "trl": summarize(trl["steps"])}
+        for extra in args.also:  # after TRL, so each switchpoint variant sits beside it on a machine as quiet
+            again = argparse.Namespace(**{**vars(args), "set": [*args.set, extra]})
+            if shape == "tiny":
+                again.tiny_checkpoint = sp["model"]
+            results[shape][f"sp {extra.split('.')[-1]}"] = summarize(switchpoint_side(shape, again)["steps"])
         print(
             f"[{shape}] switchpoint run folder {sp['run_dir']}; TRL torch threads {trl['threads']}",
             flush=True,

@@ -78,6 +78,17 @@ def _cpus_needed(cfg: Config) -> float:
     return sum(b["CPU"] for b in stack_bundles(cfg)) * cfg.tune.max_concurrent_trials
 
 
+def _stop_lending_when_crowded(cfg: Config, cores: int) -> bool:
+    """Concurrent trials that share cores they do not have: an engine lent its own learners' cores would still
+    meet another trial's learners there, and OpenMP threads without a core stall each other. Turns
+    rollout.borrow_learner_cpus off for the sweep's trials; True when it did."""
+    crowded = cfg.tune.max_concurrent_trials > 1 and _cpus_needed(cfg) > cores
+    if cfg.rollout.borrow_learner_cpus and crowded:
+        cfg.rollout.borrow_learner_cpus = False
+        return True
+    return False
+
+
 def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None = None) -> tuple[str, dict]:
     """Run (or resume) a sweep; returns (experiment folder, results report)."""
     from ray import tune
@@ -98,6 +109,10 @@ def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None
         trunk, trained = ensure_trunk(cfg, quiet)
         steps = trunk.select(cfg.tune.branch_points)
         cfg = resolve_paths(cfg)
+        if _stop_lending_when_crowded(cfg, os.cpu_count() or 1) and not quiet:
+            print(
+                "rollout.borrow_learner_cpus off: the concurrent trials need more CPUs than this machine has"
+            )
         stamp = time.strftime("%Y%m%d-%H%M%S")
         exp_dir = os.path.join(cfg.run.output_dir, f"{cfg.run.name}-sweep-{stamp}")
         os.makedirs(exp_dir)

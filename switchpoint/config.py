@@ -202,6 +202,12 @@ class RolloutConfig:
     OMP_NUM_THREADS). More threads can use the learners' cores while they wait for rollouts, but on a
     machine loaded past its cores OpenMP threads stall each other (2 threads measured 5x slower there; see
     benchmarks/vs_trl.py); CPU only."""
+    borrow_learner_cpus: bool = True
+    """On a one-node cluster, an on-policy run's CPU engines (rollout.threads 0) start with more threads: their
+    own plus the learner ranks' CPUs, shared among the engines, at most each engine's share of the node's
+    cores. The learners wait through every engine call then (RL generation, held-out evaluations); not with
+    rl.max_staleness 1, where they train while the engines sample. Turn off where other work uses those cores
+    at the same time: OpenMP threads that do not get a core stall each other (see actors/placement.py)."""
     gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory vLLM may take (GPU only)."""
     weight_sync: str = "object_store"

@@ -53,6 +53,8 @@ def test_rollouts_are_one_update_old_unless_sampled_anew(async_run):
         else:
             # Sampled by the weights before the previous update: the ratio is against that older policy.
             assert r["ratio_max_dev_first_update"] > 1e-2
+    # The learners train while the engine samples ahead: it keeps its own thread (rollout.borrow_learner_cpus).
+    assert summary["engine_threads"] == [1]
     faults = sorted(f["role"] for f in summary["faults"])
     assert faults == ["learner", "rollout"], summary["faults"]
     assert summary["greedy_check_final"]["equal"] is True

@@ -30,6 +30,8 @@ def test_phases_run_in_order(run):
     for r in rl_train:
         assert set(r["timing"]) >= {"generate", "verify", "train", "weight_sync", "other"}
         assert r["gen_tokens"] > 0 and r["flops"] > 0
+    # On-policy on one node: the engine (1 CPU) starts with the 2 ranks' CPUs too, at most this machine's cores.
+    assert summary["engine_threads"] == [max(1, min(len(os.sched_getaffinity(0)), 3))]
     flops = [r["flops"] for r in rows if "flops" in r]
     assert flops == sorted(flops)  # cumulative
 
