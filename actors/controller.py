@@ -221,9 +221,8 @@ class Controller(SFTPhase, RLPhase, Resumable, FaultTolerance):
         summary["faults"] = [r for r in self.folder.rows if r.get("phase") == "fault"]
         summary["actor_pids"] = {"at_start": self.pids, "at_end": self._pids()}
         summary["weight_sync"] = self.sync.describe()
-        summary["engine_threads"] = [
-            w["threads"] for w in self.worker_info
-        ]  # intra-op, as each engine started
+        # Each engine's intra-op threads as it started (rollout.borrow_learner_cpus).
+        summary["engine_threads"] = [w["threads"] for w in self.worker_info]
         final_dir = os.path.join(self.run_dir, "checkpoints", "final")
         self.learner.save_hf(final_dir)
         summary["final_checkpoint"] = final_dir
