@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.chaos import FaultInjector
-from actors.placement import Placement
+from actors.placement import Placement, engine_threads
 from actors.progress import ActorLog
 from actors.recovery import FaultTolerance
 from actors.resumable import Resumable
@@ -164,6 +164,9 @@ class Controller(SFTPhase, RLPhase, Resumable, FaultTolerance):
         rl = needs_engines(
             cfg, self.trunk is not None
         )  # pure SFT (a trunk) needs none, unless sft.heldout_every
+        # Once per run, so a replaced engine starts like the one it replaces.
+        alive = sum(1 for n in ray.nodes() if n["Alive"])
+        self.engine_threads = engine_threads(cfg, alive, len(os.sched_getaffinity(0)))
         self.workers = [self._new_worker(i) for i in range(cfg.rollout.num_workers if rl else 0)]
         self.verifier = None
         if rl:

@@ -13,7 +13,6 @@ faults.max_faults stops the run with the reason (everything on disk stays; `--re
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import ray
@@ -21,13 +20,13 @@ from ray.exceptions import RayActorError
 
 from actors.fault_events import FaultEvent, FaultLimitError, fault_event
 from actors.learner_group import LearnerGroup, dead_actors
-from actors.placement import engine_threads
 from actors.rollout import RolloutWorker
 
 
 class FaultTolerance:
     """Mixed into the Controller: needs cfg, placement, model_path, hf_config, learner, workers, verifier,
-    stepper, sync, folder, state, and `engines_loaded` (True once the engines hold trained weights)."""
+    stepper, sync, folder, state, `engine_threads` (each engine's start-up thread count) and `engines_loaded`
+    (True once the engines hold trained weights)."""
 
     faults: list
     engines_loaded: bool
@@ -39,9 +38,6 @@ class FaultTolerance:
             RolloutWorker
         )
         max_len = int(self.hf_config.get("max_position_embeddings", 2048))
-        if getattr(self, "engine_threads", None) is None:  # once per run: a replaced engine gets the same
-            alive = sum(1 for n in ray.nodes() if n["Alive"])
-            self.engine_threads = engine_threads(cfg, alive, len(os.sched_getaffinity(0)))
         rollout = dataclasses.replace(cfg.rollout, threads=self.engine_threads)
         return worker_cls.options(**self.placement.options("rollout", i)).remote(
             self.model_path, rollout, max_len, cfg.model.dtype, cfg.run.seed + i
