@@ -170,6 +170,7 @@ class BranchController(Controller):
             "summary": self.summary,
             "rows": self.folder.rows,
             "stepper": self._sampler_state(),
+            "wall_seconds": time.time() - self.state["started"],
         }
         with open(os.path.join(path, "branch.json"), "w") as f:
             json.dump(state, f)
@@ -181,6 +182,11 @@ class BranchController(Controller):
         self._begin(state["cfg"], state["run_dir"], state["trunk_dir"])
         self.summary = state["summary"]
         self.summary["resumed_at_rl_step"] = state["i"]
+        self.summary.setdefault("resumes", []).append(
+            {"rl_step": state["i"], "state": os.path.basename(path)}
+        )
+        # The wall clock goes on from the attempt that wrote the state (the kill's gap not counted).
+        self.state["started"] = time.time() - state.get("wall_seconds", 0.0)
         self.folder.replace_rows(state["rows"])
         self.stepper.set_state(state["stepper"])
         self.learner.set_objective("rl", self._rl_settings(), reset_optimizer=True)

@@ -71,6 +71,7 @@ class Controller(SFTPhase, RLPhase, Resumable, FaultTolerance):
             False  # True once the engines hold trained weights (a new engine then needs them)
         )
         self.chaos = FaultInjector(self.cfg.faults.inject)
+        self.run_log: ActorLog | None = None  # started by run(); a Tune branch has none
         self.sft_heldout: dict[int, dict] = {}  # SFT step -> held-out evaluation there (sft.heldout_every)
 
     # ---- what the driver polls -------------------------------------------------------------------------------
@@ -85,6 +86,11 @@ class Controller(SFTPhase, RLPhase, Resumable, FaultTolerance):
 
     def request_stop(self) -> None:
         self.stop_requested = True
+
+    def _log_phase(self, phase: str) -> None:
+        """The actor log's line at a phase's first step, whatever the periodic line's timing."""
+        if self.run_log is not None:
+            self.run_log.phase(phase)
 
     def _phase(self, phase: str, **last) -> None:
         self.state["phase"] = phase

@@ -67,12 +67,15 @@ def run_logger() -> logging.Logger:
 
 class ActorLog:
     """Inside the Controller: a progress line every `interval_s` seconds when it changed (as the driver prints
-    them), each event line (faults, resumes) and the switch line as they happen, the last line at the end."""
+    them), one at the first step of each phase (SFT, RL: however fast a phase is, its line is in the log), each
+    event line (faults, resumes) and the switch line as they happen, the last line at the end."""
 
     def __init__(self, status, interval_s: float = 5.0):
         self.status, self.interval_s = status, interval_s
         self.log = run_logger()
         self.last_line = ""
+        self.last_phase = ""
+        self.lock = threading.Lock()  # the timer thread and the run's own phase lines
         self.events_shown = 0
         self.switch_shown = False
         self._stop = threading.Event()
@@ -86,14 +89,21 @@ class ActorLog:
             self.tick()
 
     def tick(self) -> None:
-        s = self.status()
-        for event in s["events"][self.events_shown :]:
-            self.log.info(event)
-        self.events_shown = len(s["events"])
-        line = progress_line(s)
-        if line != self.last_line:
-            self.log.info(line)
-            self.last_line = line
+        with self.lock:
+            s = self.status()
+            for event in s["events"][self.events_shown :]:
+                self.log.info(event)
+            self.events_shown = len(s["events"])
+            line = progress_line(s)
+            if line != self.last_line:
+                self.log.info(line)
+                self.last_line = line
+
+    def phase(self, phase: str) -> None:
+        """Called at every step; logs the progress line when the step is its phase's first."""
+        if phase != self.last_phase:
+            self.last_phase = phase
+            self.tick()
 
     def switch(self, sw: dict) -> None:
         if not self.switch_shown:

@@ -68,6 +68,7 @@ class RLPhase:
         )
         self.folder.log(row)
         self.state["last"].update(reward=row.get("reward_mean"), loss=row.get("loss"))
+        self._log_phase("rl")
         if i % cfg.rl.eval_every == 0 or i == cfg.rl.steps:
             res = self._eval(switch_step + i, self.rl_flops)
             # RL checkpoints at every held-out eval: a crash later loses at most eval_every steps.

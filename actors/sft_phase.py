@@ -95,6 +95,7 @@ class SFTPhase:
             self.sft_flops += sft_step_flops(self.hf_config, len(batch), mean_len)
             self.state.update(phase="sft", step=step)
             self.state["last"].update(loss=out["loss"])
+            self._log_phase("sft")
             row = {
                 "phase": "sft",
                 "step": step,

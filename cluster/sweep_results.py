@@ -20,7 +20,7 @@ RESULTS = "results"
 COLUMNS = (
     "trial", "branch_step", "regime", "regime_online", "settings_label", "p_sft", "pl_rl", "a_post", "a_post_lo",
     "a_post_hi", "c_mid", "b", "fit_status", "final_accuracy", "best_accuracy", "rl_steps", "rl_flops",
-    "wall_seconds", "startup_seconds", "actors_reused", "stopped_early", "stop_reason", "run_dir",
+    "wall_seconds", "startup_seconds", "actors_reused", "stopped_early", "stop_reason", "resumed_at", "run_dir",
 )  # fmt: skip
 
 
@@ -88,6 +88,10 @@ def branch_rows(exp_dir: str, searched: list[str]) -> list[dict]:
             "stopped_early": stop is not None or bool(run.summary.get("stopped_early")),
             "stop_reason": stop["reason"] if stop else None,
             "stop_record": stop,
+            # Where each restart of the trial continued: "-" a fresh start (no state yet), else the RL step.
+            "resumed_at": " ".join(
+                "-" if r["state"] is None else str(r["rl_step"]) for r in run.summary.get("resumes", [])
+            ),
             "run_dir": run_dir,
         }
         rows.append(row)
@@ -133,6 +137,7 @@ def write_results(exp_dir: str, sweep_seconds: float | None = None, errors: list
     searched = sorted(flatten(sweep["config"]["tune"]["space"]))
     rows = branch_rows(exp_dir, searched)
     trunk = load_trunk(sweep["trunk"])
+    absent = sweep.get("absent", [])
     rec = recommend(rows)
     totals = {
         "branches": len(rows),
@@ -154,6 +159,7 @@ def write_results(exp_dir: str, sweep_seconds: float | None = None, errors: list
         "scheduler": sweep["config"]["tune"]["scheduler"],
         "searched": searched,
         "rows": rows,
+        "absent": absent,  # branch points naming a regime this trunk has no checkpoint of: not run
         "recommended": rec,
         "totals": totals,
         "errors": errors or [],
@@ -173,6 +179,8 @@ def write_results(exp_dir: str, sweep_seconds: float | None = None, errors: list
             writer.writerow(
                 {**{k: r[k] for k in COLUMNS}, **{f"set:{k}": r["settings"][k] for k in searched}}
             )
+        for a in absent:  # a row marked absent: the branch point was asked for and has no checkpoint
+            writer.writerow({"regime": a["regime"], "fit_status": "absent", "stop_reason": a["message"]})
     return report
 
 
@@ -195,6 +203,8 @@ def format_results(report: dict) -> str:
         )
         if r["a_post"] is None:
             lines.append(f"{'':>8}^ {r['fit_status']}: {r['fit_message']}")
+    for a in report.get("absent", []):
+        lines.append(f"{'-':>6} {a['regime']:<9} absent: {a['spec']} names no checkpoint on this trunk")
     t = report["totals"]
     lines.append(
         f"accuracy in percent; {t['branches']} branches, {t['stopped_early']} stopped early, "

@@ -67,9 +67,42 @@ def _trainable(sweep: dict):
 
     cfg = from_dict(sweep["config"])
     with_params = tune.with_parameters(
-        BranchTrial, base=sweep["config"], trunk_dir=sweep["trunk"], exp_dir=sweep["exp_dir"]
+        BranchTrial,
+        base=sweep["config"],
+        trunk_dir=sweep["trunk"],
+        exp_dir=sweep["exp_dir"],
+        driver_pgid=_driver_group(cfg),
     )
     return tune.with_resources(with_params, tune.PlacementGroupFactory(stack_bundles(cfg), strategy="PACK"))
+
+
+def _branch_steps(trunk, cfg: Config) -> tuple[list[int], list[dict]]:
+    """The trunk steps to branch from, and the regime items with no checkpoint on this trunk: reported and
+    skipped, or (tune.strict_branch_points) a ConfigError before any trial."""
+    if cfg.tune.strict_branch_points:
+        return trunk.select(cfg.tune.branch_points), []
+    steps, absent = trunk.select_present(cfg.tune.branch_points)
+    for item in absent:
+        print(f"warning: {item['message']}; that branch is reported absent, the others run", flush=True)
+    if not steps:
+        raise ConfigError(
+            f"config key 'tune.branch_points': none of {cfg.tune.branch_points} names a checkpoint of trunk "
+            f"{trunk.dir}"
+        )
+    return steps, absent
+
+
+def _driver_group(cfg: Config) -> int | None:
+    """The driver's process group, for faults.inject sweep@rl:N (a drill that SIGKILLs the whole sweep). Only a
+    driver that leads its own group may be killed that way: otherwise the kill would reach whoever started it."""
+    if not any(str(i).strip().startswith("sweep@") for i in cfg.faults.inject):
+        return None
+    if os.getpgrp() != os.getpid():
+        raise ConfigError(
+            "config key 'faults.inject': sweep@rl:N kills the sweep driver's process group, so the driver must "
+            "lead its own (start it with setsid)"
+        )
+    return os.getpgrp()
 
 
 def _cpus_needed(cfg: Config) -> float:
@@ -93,6 +126,7 @@ def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None
     """Run (or resume) a sweep; returns (experiment folder, results report)."""
     from ray import tune
 
+    from actors.chaos import parse_injections
     from cluster.resources import check_resources
     from cluster.runner import init_ray
     from cluster.sweep_results import write_results
@@ -106,8 +140,10 @@ def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None
         exp_dir = sweep["exp_dir"] = os.path.abspath(resume)
     else:
         specs = check_search(cfg)  # every search-space problem stops here, before a trunk or a trial
+        parse_injections(cfg.faults.inject, sweep=True)  # a malformed faults.inject item, named
+        _driver_group(cfg)
         trunk, trained = ensure_trunk(cfg, quiet)
-        steps = trunk.select(cfg.tune.branch_points)
+        steps, absent = _branch_steps(trunk, cfg)
         cfg = resolve_paths(cfg)
         if _stop_lending_when_crowded(cfg, os.cpu_count() or 1) and not quiet:
             print(
@@ -122,6 +158,7 @@ def run_sweep(cfg: Config | None = None, quiet: bool = False, resume: str | None
             "trunk_trained_now": trained,
             "trunk_seconds": time.time() - t0 if trained else 0.0,
             "branch_steps": steps,
+            "absent": absent,
             "exp_dir": exp_dir,
             "started": time.time(),
         }

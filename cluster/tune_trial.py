@@ -11,13 +11,16 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import time
 
 import ray
 from ray import tune
 
 from actors.branch import BranchController
+from actors.chaos import parse_injections
 from actors.placement import Placement
+from actors.run_state import ResumeStates
 from plasticity.early_stop import CeilingRule, partial_fit
 from switchpoint.config import from_dict, set_dotted, to_dict
 
@@ -37,9 +40,19 @@ def branch_config(base: dict, trial_config: dict, trial_id: str) -> dict:
 
 
 class BranchTrial(tune.Trainable):
-    def setup(self, config, base=None, trunk_dir=None, exp_dir=None):
-        self.base, self.trunk_dir, self.exp_dir = base, trunk_dir, exp_dir
+    """One branch as a Tune trial. Its resume states live in its own run folder (RUN_DIR/resume, the atomic states
+    `switchpoint run --resume` uses), written after every `tune.checkpoint_every`-th evaluation and at the end,
+    before Tune hears of the result. A trial that starts (fresh, restored by Tuner.restore, or retried) continues
+    from the newest of them whatever Tune's experiment snapshot recorded; Tune's own checkpoint is a pointer."""
+
+    def setup(self, config, base=None, trunk_dir=None, exp_dir=None, driver_pgid=None):
+        self.base, self.trunk_dir, self.exp_dir, self.driver_pgid = base, trunk_dir, exp_dir, driver_pgid
         self.ctl: BranchController | None = None
+        self.kills = [
+            step
+            for role, _, step in parse_injections(base["faults"]["inject"], sweep=True)
+            if role == "sweep"
+        ]
         self._configure(config)
 
     def _configure(self, config) -> None:
@@ -47,6 +60,7 @@ class BranchTrial(tune.Trainable):
         self.run_dir = os.path.join(
             self.exp_dir, "branches", f"{self.trial_id}-step{int(config['branch_step'])}"
         )
+        self.states = ResumeStates(self.run_dir, keep_last=2)
         self.opened = False
 
     def _stack(self) -> BranchController:
@@ -56,11 +70,47 @@ class BranchTrial(tune.Trainable):
             self.ctl = BranchController(self.branch_cfg, Placement.in_group(pg, cfg) if pg else None)
         return self.ctl
 
-    def step(self) -> dict:
+    def _open_or_resume(self) -> None:
+        """Continue from the branch's newest own state; start it afresh (and say so) when it has none."""
         ctl = self._stack()
-        if not self.opened:
+        latest = self.states.latest()
+        if latest is not None:
+            ctl.restore(latest[0])
+            print(f"trial {self.trial_id}: resumed at RL step {ctl.i} from {latest[0]}", flush=True)
+        else:
+            earlier = os.path.isfile(os.path.join(self.run_dir, "metrics.jsonl"))
             ctl.open(self.branch_cfg, self.run_dir, self.trunk_dir)
-            self.opened = True
+            if earlier:  # an attempt that died before its first state: nothing to continue from
+                ctl.summary["resumes"] = [{"rl_step": 0, "state": None}]
+                print(f"trial {self.trial_id}: no resume state in {self.run_dir}; started afresh", flush=True)
+            self._kill_point(0)
+        self.opened = True
+
+    def _write_state(self) -> None:
+        partial = self.states.begin("rl", self.ctl.i)
+        self.ctl.save(partial)
+        self.states.commit(partial, {"rl_step": self.ctl.i, "done": self.ctl.done})
+        self._kill_point(self.ctl.i)
+
+    def _kill_point(self, rl_step: int) -> None:
+        """faults.inject sweep@rl:N (drills): SIGKILL the sweep driver's process group here. The items fire once
+        each, in the order given, so a list can reach a later trial: the first not yet fired is the armed one."""
+        if not self.kills or self.driver_pgid is None:
+            return
+        fired = os.path.join(self.exp_dir, "injected_kills.jsonl")
+        done = len(open(fired).read().split()) if os.path.isfile(fired) else 0
+        if done >= len(self.kills) or self.kills[done] != rl_step:
+            return
+        with open(fired, "a") as f:
+            f.write(f"sweep@rl:{rl_step}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.killpg(self.driver_pgid, signal.SIGKILL)
+
+    def step(self) -> dict:
+        if not self.opened:
+            self._open_or_resume()
+        ctl = self.ctl
         ev = ctl.advance()
         evals = ctl.evals
         p_sft = evals[0]["accuracy"]
@@ -84,22 +134,31 @@ class BranchTrial(tune.Trainable):
             "run_dir": self.run_dir,
         }
         ctl.summary["fit_so_far"] = fit
+        if ctl.done or (len(evals) - 1) % self.base["tune"]["checkpoint_every"] == 0:
+            self._write_state()
         if ctl.done:
             ctl.close(stopped_early=False)
             result["done"] = True
         return result
 
     def save_checkpoint(self, checkpoint_dir: str):
-        if self.ctl is None or self.ctl.folder is None:
+        # The state itself is in the run folder (written in step()); Tune's checkpoint only says which step.
+        if self.ctl is None:
             return None
-        self.ctl.save(checkpoint_dir)
+        with open(os.path.join(checkpoint_dir, "branch_pointer.json"), "w") as f:
+            json.dump({"run_dir": self.run_dir, "rl_step": self.ctl.i}, f)
         return checkpoint_dir
 
     def load_checkpoint(self, checkpoint) -> None:
+        # Whatever Tune's snapshot recorded, the run folder's newest state is at least as new: continue from it.
         path = checkpoint if isinstance(checkpoint, str) else checkpoint.path
-        self._stack().restore(path)
-        self.run_dir = self.ctl.run_dir
-        self.opened = True
+        if self.states.latest() is None and os.path.isfile(os.path.join(path, "branch.json")):
+            self._stack().restore(
+                path
+            )  # a checkpoint of a sweep started before the states moved to the run folder
+            self.opened = True
+            return
+        self._open_or_resume()
 
     def _close_current(self) -> None:
         if self.ctl is not None and self.ctl.folder is not None:

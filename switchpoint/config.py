@@ -317,6 +317,10 @@ class TuneConfig:
     branch_points: list = field(default_factory=lambda: ["stable:last"])
     """Trunk checkpoints to branch RL from. Each item: a step (300); a hindsight regime (adaptive, stable, mild,
     severe) alone = all its checkpoints, or with :first / :middle / :last / :all; or `all`."""
+    strict_branch_points: bool = False
+    """A branch point naming a regime the trunk has no checkpoint of (a trunk that jumps from Stable to Severe has
+    no Mild one): false reports it (a warning line, a row marked absent in the results) and runs the other
+    branches; true stops the sweep before any trial."""
     space: dict = field(default_factory=dict)
     """Other config keys to search, as Tune domains: `learner.rl_lr: loguniform(1e-5, 1e-3)`,
     `rl.algorithm: choice([dapo, dr_grpo])`, `rl.minibatches: grid([1, 2])`, or a YAML list (a grid).
@@ -364,7 +368,9 @@ class FaultConfig:
     """Ray's max_restarts for verifier actors (Ray restarts a dead one in place)."""
     inject: list = field(default_factory=list)
     """Faults to cause on purpose, for tests and drills: items ROLE@PHASE:STEP (role learner, rollout or
-    verifier; phase sft or rl), e.g. `learner@sft:15` SIGKILLs learner rank 1's process during SFT step 15."""
+    verifier; phase sft or rl), e.g. `learner@sft:15` SIGKILLs learner rank 1's process during SFT step 15;
+    in `switchpoint tune` also `sweep@rl:N`: SIGKILL the sweep driver's process group right after a branch wrote
+    its resume state at RL step N (N 0: right after the branch opened); each fires once, in the order given."""
 
 
 @dataclass

@@ -69,7 +69,17 @@ def trunk_config(cfg: Config) -> Config:
     out = copy.deepcopy(cfg)
     out.switch.policy = "never"
     out.checkpoint.keep_last_hf = 0
+    # A sweep's kills of its own driver (faults.inject sweep@rl:N) belong to its branches, not to its SFT.
+    out.faults.inject = [i for i in out.faults.inject if not str(i).strip().startswith("sweep@")]
     return out
+
+
+class AbsentRegime(ConfigError):
+    """A branch point names a hindsight regime that has no checkpoint on this trunk."""
+
+    def __init__(self, regime: str, message: str):
+        super().__init__(message)
+        self.regime = regime
 
 
 @dataclass
@@ -162,13 +172,29 @@ class Trunk:
         return [[c.step, c.val_loss] for c in self.checkpoints if c.step <= step]
 
     def select(self, specs: list) -> list[int]:
-        """Branch steps named by `tune.branch_points` items (steps, regimes with a pick, or all), in order."""
+        """Branch steps named by `tune.branch_points` items (steps, regimes with a pick, or all), in order; a
+        ConfigError for an item that names no checkpoint."""
+        steps, absent = self.select_present(specs)
+        if absent:
+            raise ConfigError(absent[0]["message"])
+        return steps
+
+    def select_present(self, specs: list) -> tuple[list[int], list[dict]]:
+        """(steps, absent): the steps of the items that name checkpoints, and for each regime item that names
+        none (a trunk that jumps from Stable to Severe has no Mild checkpoint) {"spec", "regime", "message"}.
+        A step the trunk does not have is a mistake in the config, not an absent regime: it raises."""
         out: list[int] = []
+        absent: list[dict] = []
         for spec in specs:
-            for step in self._select_one(spec):
+            try:
+                found = self._select_one(spec)
+            except AbsentRegime as e:
+                absent.append({"spec": str(spec), "regime": e.regime, "message": str(e)})
+                continue
+            for step in found:
                 if step not in out:
                     out.append(step)
-        return out
+        return out, absent
 
     def _select_one(self, spec) -> list[int]:
         kind, value = parse_branch_point(spec)
@@ -181,9 +207,10 @@ class Trunk:
         if not steps:
             counts = {r: sum(c.regime == r for c in self.checkpoints) for r in REGIMES}
             have = ", ".join(f"{r} {n}" for r, n in counts.items())
-            raise ConfigError(
+            raise AbsentRegime(
+                regime,
                 f"config key 'tune.branch_points': {spec!r} names no checkpoint; trunk {self.dir} has "
-                f"checkpoints per hindsight regime: {have}"
+                f"checkpoints per hindsight regime: {have}",
             )
         if pick == "all":
             return steps

