@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     tn = sub.add_parser("tune", help="Ray Tune search of branch points and RL settings on one SFT trunk")
     tune.add_arguments(tn, config_flag=False)
     tn.set_defaults(func=tune.cmd_tune)
+    st = sub.add_parser(
+        "study",
+        help="the paper's claims C1-C5 tested on this stack: trunks and RL branches per data set and seed, a report",
+        description="Runs the study grid (configs/study.yaml) as Ray Tune sweeps and writes REPORT.md, results.csv "
+        "and PNGs into the study folder. Example: switchpoint study configs/study.yaml --quick",
+    )
+    from cluster import study
+
+    study.add_arguments(st, config_flag=False)
+    st.set_defaults(func=study.cmd_study)
     from cluster import analyze
 
     analyze.add_parser(sub)

@@ -73,6 +73,9 @@ def branch_rows(exp_dir: str, searched: list[str]) -> list[dict]:
             "a_post_lo": fit.a_post_ci[0] if ok and fit.a_post_ci else None,
             "a_post_hi": fit.a_post_ci[1] if ok and fit.a_post_ci else None,
             "c_mid": fit.c_mid if ok else None,
+            "r2_fit": fit.r2_fit if ok else None,
+            # How much of the fitted gain the branch has shown: near 1 the ceiling is observed, not extrapolated.
+            "share_observed": fit.max_gain / fit.pl_rl if ok and fit.pl_rl > 0 else None,
             "b": fit.b if ok else None,
             "fit_status": fit.status if fit is not None else "too_few_points",
             "fit_message": fit.message

@@ -658,6 +658,10 @@ def _merge(base: dict, extra: dict) -> dict:
     return base
 
 
+build_section = _build  # a config-like section of another file (the study's), with the same checks and errors
+merge = _merge
+
+
 def from_dict(raw: dict) -> Config:
     return _validate(_build(Config, raw or {}))
 
