@@ -181,10 +181,11 @@ class LearnerRank:
             input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
         ).logits
 
-    def train_step(self, shard: dict, global_count: float, demo_count: float | None = None) -> dict:
+    def train_step(self, shard: dict, global_count: float, counts: dict | None = None) -> dict:
         """One optimizer step on this rank's shard. global_count is the normaliser summed over all ranks
         (response tokens for SFT/GRPO/DAPO, sequences for Dr.GRPO), so the loss is an exact global mean;
-        demo_count, the whole batch's demonstration tokens, normalises an objective's own SFT term (SRFT).
+        counts holds the whole batch's other normalisers: "entropy" (the entropy bonus's, when it is aggregated
+        unlike the loss) and "demo" (the demonstration tokens, for an objective's own SFT term: SRFT, UPT).
         The shard is processed in micro-batches whose gradients accumulate before the single step."""
         t0 = time.perf_counter()
         self.engine.train()
@@ -198,7 +199,7 @@ class LearnerRank:
         lengths = [len(x) for x in shard["input_ids"]]
         for rows in length_grouped(lengths, self.cfg.micro_batch_size):
             micro = {k: [v[j] for j in rows] for k, v in shard.items()}
-            loss, info = self._micro_loss(micro, global_count, demo_count)
+            loss, info = self._micro_loss(micro, global_count, counts or {})
             # Each micro-batch loss is already a share of the global mean: no further scaling by DeepSpeed.
             self.engine.backward(loss, scale_wrt_gas=False)
             w = float(info.get("tokens", 1.0))
@@ -270,7 +271,7 @@ class LearnerRank:
                     out[j] = lps[b, start : start + n].float().cpu().tolist()
         return out
 
-    def _micro_loss(self, micro: dict, global_count: float, demo_count: float | None = None):
+    def _micro_loss(self, micro: dict, global_count: float, counts: dict):
         import torch
 
         from trainers import aggregate_token_loss, rl_objective, sft_loss
@@ -313,7 +314,11 @@ class LearnerRank:
             entropy = token_entropy(logits, resp_mask)
         extra = {}
         if objective.demo_token_mean:
-            extra["demo_normalizer"] = max(demo_count or 0.0, 1.0) / self.world_size
+            extra["demo_normalizer"] = max(counts.get("demo", 0.0), 1.0) / self.world_size
+        if objective.uses_correct:
+            correct = list(micro.get("correct") or [])  # rows padded by the shard have none: not correct
+            correct += [False] * (len(micro["input_ids"]) - len(correct))
+            extra["correct"] = torch.tensor(correct, dtype=torch.bool, device=self.device)
         loss, info = objective.loss_fn(
             new,
             old,
@@ -329,7 +334,8 @@ class LearnerRank:
             entropy=entropy,
         )
         if objective.entropy_coef:
-            bonus = aggregate_token_loss(entropy, resp_mask, objective.loss_agg, denominator)
+            ent_denominator = counts.get("entropy", global_count) / self.world_size
+            bonus = aggregate_token_loss(entropy, resp_mask, objective.bonus_agg, ent_denominator)
             loss = loss - objective.entropy_coef * bonus
             info["entropy"] = float((entropy * resp_mask).sum() / resp_mask.sum().clamp(min=1))
         if "old_logprobs" in micro:

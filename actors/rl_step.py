@@ -12,7 +12,7 @@ from collections import defaultdict
 import torch
 
 from actors.rollout_collect import RolloutCollector, Rollouts
-from trainers import rl_objective, summarize_eval
+from trainers import CORRECT_THRESHOLD, rl_objective, summarize_eval
 
 
 class RLStepper(RolloutCollector):
@@ -71,7 +71,10 @@ class RLStepper(RolloutCollector):
             adv = objective.advantage_fn(torch.tensor(kept_scores, dtype=torch.float32)).tolist()
             t = time.perf_counter()
             m_count = min(cfg.rl.minibatches, len(kept_outs))
-            batches = [self._batch(kept_outs[m::m_count], adv[m::m_count]) for m in range(m_count)]
+            batches = [
+                self._batch(kept_outs[m::m_count], adv[m::m_count], kept_scores[m::m_count])
+                for m in range(m_count)
+            ]
             if cfg.rl.old_logprobs == "learner":
                 # Behaviour log-probs from the learner's weights before the first update. The first mini-batch
                 # trains on exactly the weights that sampled it, so its own forward's log-probs (detached) are
@@ -113,7 +116,7 @@ class RLStepper(RolloutCollector):
         if objective.interleaved_sft and len(self.sft_buffer) >= pps:
             t = time.perf_counter()
             burst, self.sft_buffer = self.sft_buffer[:pps], self.sft_buffer[pps:]
-            sft = self._train(self._batch(burst, [[0.0]] * pps))
+            sft = self._train(self._batch(burst, [[0.0]] * pps, [[0.0]] * pps))
             t_train += time.perf_counter() - t
             row.update(interleaved_sft_loss=sft["loss"], interleaved_sft_groups=pps)
             sft_groups += burst
@@ -142,19 +145,24 @@ class RLStepper(RolloutCollector):
         self.timings["gen_tokens_per_s"].append(row["gen_tokens_per_s"] or 0.0)
         return row
 
-    def _batch(self, groups: list[dict], advantages: list[list[float]]) -> dict:
+    def _batch(self, groups: list[dict], advantages: list[list[float]], scores: list[list[float]]) -> dict:
         """One update's rows: prompt + completion tokens, loss on the completion only (none on a completion cut
-        at max_tokens with rl.overlong_filter); expert members flagged off-policy. Padded with empty rows to a
-        multiple of the ranks, so the group's own padding never applies."""
-        batch = {"input_ids": [], "loss_mask": [], "advantages": [], "old_logprobs": [], "off_policy": []}
-        for o, a in zip(groups, advantages):
+        at max_tokens with rl.overlong_filter); expert members flagged off-policy; `correct` per row (its score
+        reached CORRECT_THRESHOLD). Padded with empty rows to a multiple of the ranks, so the group's own padding
+        never applies."""
+        batch = {"input_ids": [], "loss_mask": [], "advantages": [], "old_logprobs": [], "off_policy": [],
+                 "correct": []}  # fmt: skip
+        for o, a, sc in zip(groups, advantages, scores):
             p = o["prompt_token_ids"]
-            members = [(o["expert_member"], 0.0)] if o.get("fallback") else list(zip(o["samples"], a))
-            for smp, a_j in members:
+            members = (
+                [(o["expert_member"], 0.0, 0.0)] if o.get("fallback") else list(zip(o["samples"], a, sc))
+            )
+            for smp, a_j, s_j in members:
                 cut = self.cfg.rl.overlong_filter and smp.get("finish_reason") == "length"
                 batch["input_ids"].append(p + smp["token_ids"])
                 batch["loss_mask"].append([0] * len(p) + [0 if cut else 1] * len(smp["token_ids"]))
                 batch["advantages"].append(a_j)
+                batch["correct"].append(s_j >= CORRECT_THRESHOLD)
                 batch["old_logprobs"].append(smp["logprobs"] or [])
                 # Leading response tokens that are not the policy's own: all of an expert's, a hybrid's prefix.
                 batch["off_policy"].append(
@@ -170,6 +178,7 @@ class RLStepper(RolloutCollector):
             batch["loss_mask"].append([0, 0])
             batch["advantages"].append(0.0)
             batch["off_policy"].append(0)
+            batch["correct"].append(False)
             if "old_logprobs" in batch:
                 batch["old_logprobs"].append([])
         return batch
@@ -178,13 +187,16 @@ class RLStepper(RolloutCollector):
         """One optimizer update over the learner ranks. The loss's global denominator comes from the objective
         (tokens, sequences, or sequences x max_tokens); maxima over tokens (ratio_max_dev) stay maxima."""
         lengths = [sum(m) for m in batch["loss_mask"] if sum(m)]
-        count = self.objective.global_count(lengths, self.cfg.rollout.max_tokens)
-        demo = None
-        if self.objective.demo_token_mean:  # SRFT's SFT term: its own mean over the demonstration tokens
-            demo = float(sum(min(off, sum(m)) for off, m in zip(batch["off_policy"], batch["loss_mask"])))
+        objective, max_tokens = self.objective, self.cfg.rollout.max_tokens
+        count = objective.global_count(lengths, max_tokens)
+        counts = {"entropy": objective.global_count(lengths, max_tokens, objective.bonus_agg)}
+        if objective.demo_token_mean:  # SRFT's, UPT's SFT term: its own mean over the demonstration tokens
+            counts["demo"] = float(
+                sum(min(off, sum(m)) for off, m in zip(batch["off_policy"], batch["loss_mask"]))
+            )
         shards = self.learner.shard(batch)
         res = self.learner._gather(
-            [r.train_step.remote(s, count, demo) for r, s in zip(self.learner.ranks, shards)]
+            [r.train_step.remote(s, count, counts) for r, s in zip(self.learner.ranks, shards)]
         )
         world = len(res)
         out = {

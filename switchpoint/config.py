@@ -236,7 +236,8 @@ class RLConfig:
     group_size: int = 8
     """Samples per prompt (G)."""
     clip_low: float = 0.0
-    """Lower clip: ratio >= 1 - clip_low. 0 means the objective's own (0.2 for all built in)."""
+    """Lower clip: ratio >= 1 - clip_low. 0 means the objective's own (0.2 for all built in). luffy, srft and upt
+    do not clip the ratio (as Unify-Post-Training ran them) and ignore the clip keys."""
     clip_high: float = 0.0
     """Upper clip: ratio <= 1 + clip_high. 0 means the objective's own: 0.28 for dapo (clip-higher), 0.2 for
     the others."""

@@ -133,7 +133,7 @@ def test_luffy_and_srft_groups_hold_the_expert_as_an_off_policy_member(baselines
     # LUFFY: the mean probability of the expert's tokens under the policy, the p in its shaping f(p).
     assert 0 < _step(baselines["luffy"][0])["off_policy_prob"] < 1
     srft = _step(baselines["srft"][0])
-    # SRFT's SFT term on the expert member is weighted 0.5 * exp(-H), H the on-policy tokens' entropy > 0.
+    # SRFT's SFT term on the expert member is weighted 0.5 * exp(-H), H the expert row's own mean entropy > 0.
     assert 0 < srft["sft_weight"] < 0.5
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from plasticity.flops import dapo_step_flops, grpo_step_flops, sft_step_flops
 from trainers.advantages import AdvantageFn, get_advantage_estimator
-from trainers.policy_loss import LOSS_AGGREGATIONS, PolicyLossFn, get_policy_loss
+from trainers.policy_loss import LOSS_AGGREGATIONS, TOKEN_SUM_NORM_ROWS, PolicyLossFn, get_policy_loss
 
 FlopsFn = Callable[[Mapping, int, int, int, float], float]
 
@@ -53,7 +53,10 @@ class RLObjective:
     clip_ratio_c: float = 0.0
     """Default dual clip (> 1) bounding a negative-advantage token's loss at -c * A; 0: off."""
     loss_agg: str = "token-mean"
-    """token-mean | seq-mean-token-mean | seq-mean-token-sum | fixed-length-sum (see aggregate_token_loss)."""
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum | fixed-length-sum | token-sum-norm (see
+    aggregate_token_loss)."""
+    entropy_agg: str = ""
+    """How the entropy bonus is aggregated; empty: as the loss (Unify-Post-Training's baselines: token-mean)."""
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal and generate more (DAPO)."""
     off_policy_members: int = 0
@@ -73,15 +76,24 @@ class RLObjective:
     """Weight of the entropy bonus (subtracted from the loss, aggregated like it); 0: none."""
     uses_entropy: bool = False
     """The policy loss takes the token entropy (`entropy=`), e.g. for entropy-dependent weights (SRFT)."""
+    uses_correct: bool = False
+    """The policy loss takes `correct=` (bool [B]: the row's score reached CORRECT_THRESHOLD), for weights that
+    depend on the outcome rather than the advantage (SRFT)."""
     demo_token_mean: bool = False
-    """The policy loss has an SFT term averaged over the batch's demonstration tokens on its own (SRFT): the RL
-    step counts them over the whole update batch and the loss gets ``demo_normalizer=`` that / world size."""
+    """The policy loss has an SFT term averaged over the batch's demonstration tokens on its own (SRFT, UPT): the
+    RL step counts them over the whole update batch and the loss gets ``demo_normalizer=`` that / world size."""
     flops: FlopsFn = on_policy_flops
     """RL step FLOPs from (hf_config, prompts generated, groups trained, group size, mean sequence length)."""
 
     def __post_init__(self) -> None:
-        if self.loss_agg not in LOSS_AGGREGATIONS:
-            raise ValueError(f"objective {self.name!r}: unknown loss_agg {self.loss_agg!r}")
+        for agg in (self.loss_agg, self.entropy_agg or self.loss_agg):
+            if agg not in LOSS_AGGREGATIONS:
+                raise ValueError(f"objective {self.name!r}: unknown loss aggregation {agg!r}")
+
+    @property
+    def bonus_agg(self) -> str:
+        """The entropy bonus's aggregation."""
+        return self.entropy_agg or self.loss_agg
 
     @property
     def needs_expert(self) -> bool:
@@ -118,17 +130,20 @@ class RLObjective:
             flops += sft_step_flops(hf_config, len(sft_lengths), sum(sft_lengths) / len(sft_lengths))
         return flops
 
-    def global_count(self, response_lengths: list[int], max_tokens: int) -> float:
-        """The loss's global denominator over a whole update batch (all ranks): response tokens for
-        token-mean, sequences with a response for the seq-mean ones, sequences x max_tokens for
-        fixed-length-sum. Each rank divides its sum by this / world size."""
-        if self.loss_agg == "token-mean":
-            count = sum(response_lengths)
-        elif self.loss_agg == "fixed-length-sum":
-            count = len(response_lengths) * max_tokens
-        else:
-            count = sum(1 for n in response_lengths if n > 0)
-        return float(max(count, 1))
+    def global_count(self, response_lengths: list[int], max_tokens: int, loss_agg: str = "") -> float:
+        """The global denominator of ``loss_agg`` (default: the loss's) over a whole update batch (all ranks):
+        response tokens for token-mean, sequences with a response for the seq-mean ones, sequences x max_tokens
+        for fixed-length-sum, sequences with a response x max_tokens / TOKEN_SUM_NORM_ROWS for token-sum-norm.
+        Each rank divides its sum by this / world size."""
+        loss_agg = loss_agg or self.loss_agg
+        seqs = sum(1 for n in response_lengths if n > 0)
+        if loss_agg == "token-mean":
+            return float(max(sum(response_lengths), 1))
+        if loss_agg == "fixed-length-sum":
+            return float(max(len(response_lengths) * max_tokens, 1))
+        if loss_agg == "token-sum-norm":
+            return max(seqs, 1) * max_tokens / TOKEN_SUM_NORM_ROWS
+        return float(max(seqs, 1))
 
 
 RL_OBJECTIVES: dict[str, RLObjective] = {}

@@ -118,7 +118,15 @@ def _check_policy_inputs(
         raise ValueError(f"clip_high must be >= 0, got {clip_high}")
 
 
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "fixed-length-sum")
+LOSS_AGGREGATIONS = (
+    "token-mean",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "fixed-length-sum",
+    "token-sum-norm",
+)
+# token-sum-norm: rows in one of Unify-Post-Training's data-parallel shares (64 prompts x 8 samples over 8 GPUs).
+TOKEN_SUM_NORM_ROWS = 64
 
 
 def aggregate_token_loss(
@@ -129,11 +137,16 @@ def aggregate_token_loss(
     - token-mean: sum over every response token / number of response tokens (DAPO, GRPO here);
     - seq-mean-token-mean: each sequence's token mean, averaged over sequences (the original GRPO);
     - seq-mean-token-sum: each sequence's token sum, averaged over sequences;
-    - fixed-length-sum: sum over tokens / (sequences x a fixed length) (Dr.GRPO: no length normalisation).
+    - fixed-length-sum: sum over tokens / (sequences x a fixed length) (Dr.GRPO: no length normalisation);
+    - token-sum-norm: sum over tokens / (a fixed length x sequences / TOKEN_SUM_NORM_ROWS), i.e.
+      TOKEN_SUM_NORM_ROWS x fixed-length-sum: Unify-Post-Training's ``loss_remove_token_mean`` (mix_core_alg.py,
+      ``(pg_losses * eos_mask).sum() / eos_mask.shape[-1]``, the padded width being max_response_length), which
+      each of their 8 GPUs took over its 64 rows (one micro-batch per row share, gradient accumulation 1) before
+      the gradient average: a sum over a share's tokens, not a mean.
 
-    ``denominator`` replaces the local count (tokens; sequences; B * T') so that data-parallel ranks divide by
-    the global count / world size and their mean is the global loss. Sequences without a response token
-    (padding rows) count for nothing.
+    ``denominator`` replaces the local count (tokens; sequences; B * T'; B * T' / TOKEN_SUM_NORM_ROWS) so that
+    data-parallel ranks divide by the global count / world size and their mean is the global loss. Sequences
+    without a response token (padding rows) count for nothing.
     """
     if loss_agg not in LOSS_AGGREGATIONS:
         raise ValueError(f"unknown loss aggregation {loss_agg!r}; known: {', '.join(LOSS_AGGREGATIONS)}")
@@ -147,8 +160,11 @@ def aggregate_token_loss(
         local = float((seq_tokens > 0).sum())
     elif loss_agg == "seq-mean-token-sum":
         total, local = masked.sum(), float((seq_tokens > 0).sum())
-    else:
+    elif loss_agg == "fixed-length-sum":
         total, local = masked.sum(), float(mask.numel())
+    else:
+        total = masked.sum()
+        local = float((seq_tokens > 0).sum()) * mask.shape[-1] / TOKEN_SUM_NORM_ROWS
     return total / max(denominator if denominator is not None else local, 1e-12)
 
 
@@ -161,10 +177,12 @@ def clipped_token_loss(
     clip_low: float,
     clip_high: float,
     clip_ratio_c: float = 0.0,
+    clip: bool = True,
 ) -> tuple[Tensor, dict]:
     """Per-token PPO loss -min(r * A, clip(r, 1 - clip_low, 1 + clip_high) * A) [B, T'], with the dual clip
-    (clip_ratio_c > 1) that bounds a negative-advantage token's loss by -c * A. Returns the token losses and
-    the tensors the statistics need (ratio, log_ratio, clipped)."""
+    (clip_ratio_c > 1) that bounds a negative-advantage token's loss by -c * A; ``clip=False``: the plain -r * A
+    (Unify-Post-Training's ``loss_remove_clip``). Returns the token losses and the tensors the statistics need
+    (ratio, log_ratio, clipped)."""
     _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
     if clip_ratio_c and clip_ratio_c <= 1.0:
         raise ValueError(f"clip_ratio_c (dual clip) must be > 1 or 0 (off), got {clip_ratio_c}")
@@ -176,6 +194,12 @@ def clipped_token_loss(
     ratio = torch.exp(log_ratio)
     token_advantages = advantages.detach().to(ratio.dtype).unsqueeze(1).expand_as(ratio)
     unclipped_loss = -token_advantages * ratio
+    if not clip:
+        return unclipped_loss, {
+            "ratio": ratio,
+            "log_ratio": log_ratio,
+            "clipped": torch.zeros_like(token_mask),
+        }
     clipped_loss = -token_advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     token_loss = torch.maximum(unclipped_loss, clipped_loss)
     clipped = clipped_loss > unclipped_loss  # clipping engaged: zero gradient there
@@ -197,9 +221,11 @@ def clipped_rows(
     clip_low: float,
     clip_high: float,
     clip_ratio_c: float = 0.0,
+    clip: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, dict] | None:
     """The start the objectives with off-policy members share: None for a batch without a response token, else
-    (token mask, off-policy token mask, per-token clipped loss, the tensors its statistics need)."""
+    (token mask, off-policy token mask, per-token clipped (``clip=False``: unclipped) loss, the tensors its
+    statistics need)."""
     token_mask = mask.bool()
     if int(token_mask.sum()) == 0:
         _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
@@ -213,8 +239,18 @@ def clipped_rows(
         clip_low=clip_low,
         clip_high=clip_high,
         clip_ratio_c=clip_ratio_c,
+        clip=clip,
     )
     return token_mask, off, token_loss, parts
+
+
+def demo_mean(token_values: Tensor, demo: Tensor, normalizer: float | None = None) -> Tensor:
+    """An SFT-style term averaged over the demonstration tokens on its own (Unify-Post-Training's
+    compute_sft_pure_loss, a masked mean over the off-policy rows): the sum of ``token_values`` where ``demo``
+    (bool [B, T']) holds, divided by ``normalizer`` (the update batch's demonstration tokens / world size) or,
+    without one, by this batch's demonstration tokens. 0 (with a graph) when there are none."""
+    count = float(demo.sum()) if normalizer is None else normalizer
+    return torch.where(demo, token_values, torch.zeros_like(token_values)).sum() / max(count, 1e-12)
 
 
 def policy_stats(loss: Tensor, mask: Tensor, ratio: Tensor, log_ratio: Tensor, clipped: Tensor) -> dict:
@@ -234,6 +270,17 @@ def policy_stats(loss: Tensor, mask: Tensor, ratio: Tensor, log_ratio: Tensor, c
 
 EMPTY_INFO = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "ratio_mean": 1.0, "ratio_max_dev": 0.0,
               "tokens": 0}  # fmt: skip
+
+
+def mixed_stats(loss: Tensor, token_mask: Tensor, off: Tensor, parts: dict) -> dict:
+    """policy_stats over the on-policy tokens of a batch with off-policy ones (``off``, bool [B, T']), with the
+    token counts of both."""
+    on_mask = token_mask & ~off
+    info = (
+        policy_stats(loss, on_mask, **parts) if bool(on_mask.any()) else {**EMPTY_INFO, "loss": float(loss)}
+    )
+    info.update(tokens=int(token_mask.sum()), off_policy_tokens=int((token_mask & off).sum()))
+    return info
 
 
 def clipped_surrogate_loss(
