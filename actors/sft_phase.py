@@ -73,7 +73,6 @@ class SFTPhase:
         if st is None:
             step, self.sft_flops, self.regimes_seen = 0, 0.0, []
             decision = self._validate(0, self.sft_flops, policy, val_losses)
-            self.summary["sft_stop_reason"] = f"SFT budget sft.max_steps={cfg.sft.max_steps} reached"
         else:
             step, self.sft_flops, self.regimes_seen = st["step"], st["sft_flops"], list(st["regimes_seen"])
             self.batches.set_state(st["batches"])
@@ -82,9 +81,6 @@ class SFTPhase:
             self.state["last"].update(val_loss=val_losses[-1][1], regime=self.regimes_seen[-1])
         while decision is None and step < cfg.sft.max_steps and not self.stop_requested:
             if severe_for(self.regimes_seen, cfg.sft.stop_after_severe):
-                self.summary["sft_stop_reason"] = (
-                    f"Severe overfitting for {cfg.sft.stop_after_severe} validations (sft.stop_after_severe)"
-                )
                 break
             self._inject("sft", step + 1)
             batch = self.batches.next_indices()
@@ -113,8 +109,19 @@ class SFTPhase:
                 self._prune_checkpoints(val_losses)
                 if decision is None and step < cfg.sft.max_steps:
                     self._save_state("sft", step)
+        # Why SFT ended where its curve ends (the last SFT step is `step`): the policy, a stop rule or the budget.
+        if decision is not None:
+            reason = f"switch.policy {cfg.switch.policy} decided at step {decision.step}: {decision.reason}"
+        elif self.stop_requested:
+            reason = f"stop requested at SFT step {step}"
+        elif step < cfg.sft.max_steps:
+            reason = f"Severe overfitting for {cfg.sft.stop_after_severe} validations (sft.stop_after_severe)"
+        else:
+            reason = f"SFT budget sft.max_steps={cfg.sft.max_steps} reached"
+        self.summary["sft_stop_reason"] = reason
+        self.summary["sft_last_step"] = step
         if decision is None and cfg.switch.policy != "never" and not self.stop_requested:
-            decision = Decision(step, step, self.summary["sft_stop_reason"])
+            decision = Decision(step, step, reason)
         return decision, self.sft_flops, val_losses
 
     def _from_trunk(self):

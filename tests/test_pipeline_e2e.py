@@ -45,6 +45,13 @@ def test_summary_records_the_switch(run):
     if "budget" not in sw["reason"]:  # min_loss rolled back to the best checkpoint seen before deciding
         assert val[sw["step"]] == min(v for step, v in s["sft_val_losses"] if step <= sw["decided_at_step"])
     assert sw["seconds"] >= 0 and s["wall_seconds"] > 0
+    # SFT's end as the run folder tells it: the last SFT row, the decision and the stop reason agree.
+    last_sft = max(r["step"] for r in rows if r["phase"] == "sft")
+    assert s["sft_last_step"] == last_sft == sw["decided_at_step"]
+    if "budget" in sw["reason"]:
+        assert s["sft_stop_reason"].startswith("SFT budget") and last_sft == 60
+    else:
+        assert s["sft_stop_reason"] == f"switch.policy min_loss decided at step {last_sft}: {sw['reason']}"
     for key in ("at_switch", "final"):
         assert 0.0 <= s["accuracy"][key] <= 1.0
 
