@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import trainers.token_nll as token_nll_module
-from trainers.token_nll import next_token_rows, token_nll
+from trainers.token_nll import next_token_nll
 
 
 @pytest.fixture
@@ -15,8 +15,9 @@ def small_chunks(monkeypatch):
 
 def test_gradient_is_exact_in_float64(small_chunks):
     logits = torch.randn(3, 5, 11, dtype=torch.float64, requires_grad=True)
-    rows, targets = torch.tensor([0, 3, 7, 8, 14]), torch.randint(0, 11, (5,))
-    assert torch.autograd.gradcheck(lambda x: token_nll(x, rows, targets), (logits,))
+    ids = torch.randint(0, 11, (3, 5))
+    mask = torch.rand(3, 4) > 0.3
+    assert torch.autograd.gradcheck(lambda x: next_token_nll(x, ids, mask), (logits,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -24,14 +25,23 @@ def test_matches_float32_cross_entropy_values_and_gradients(small_chunks, dtype)
     torch.manual_seed(0)
     logits = torch.randn(4, 9, 50).to(dtype).requires_grad_()
     ids = torch.randint(0, 50, (4, 9))
-    weights = torch.randn(4 * 8)
-    ours = token_nll(logits, next_token_rows(4, 9), ids[:, 1:].reshape(-1))
-    assert ours.dtype == torch.float32
+    mask = torch.rand(4, 8) > 0.3
+    weights = torch.randn(4, 8)
+    ours = next_token_nll(logits, ids, mask)
+    assert ours.dtype == torch.float32 and ours.shape == (4, 8)
     (ours * weights).sum().backward()
     grad, logits.grad = logits.grad.clone(), None
     ref = F.cross_entropy(logits[:, :-1].float().reshape(-1, 50), ids[:, 1:].reshape(-1), reduction="none")
+    ref = ref.view(4, 8) * mask
     (ref * weights).sum().backward()
     torch.testing.assert_close(ours, ref)
     assert grad.dtype == dtype
     torch.testing.assert_close(grad, logits.grad)
     assert grad[:, -1].abs().sum() == 0  # the last position predicts nothing
+    assert grad[:, :-1][~mask].abs().sum() == 0  # nor do masked positions
+
+
+def test_without_a_mask_every_position_counts():
+    logits, ids = torch.randn(2, 6, 13), torch.randint(0, 13, (2, 6))
+    expected = -torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(next_token_nll(logits, ids), expected)

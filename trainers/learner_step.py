@@ -22,7 +22,7 @@ from torch import Tensor
 from trainers.objectives import rl_objective
 from trainers.policy_loss import aggregate_token_loss, token_entropy, token_logprobs
 from trainers.sft import sft_loss
-from trainers.token_nll import next_token_rows, token_nll
+from trainers.token_nll import next_token_nll
 
 COUNT_KEYS = ("loss", "tokens", "off_policy_tokens", "demo_tokens_trained")
 """Info keys summed over micro-batches; keys ending in _max_dev take the maximum, other numbers a token-weighted
@@ -226,7 +226,6 @@ class RankStep:
             ids = pad_rows(shard["input_ids"][i : i + size], self.pad_id)
             mask = mask_rows(shard["loss_mask"][i : i + size], ids.shape[1])[:, 1:].bool()
             ids = ids.to(self.device)
-            rows = next_token_rows(*ids.shape, device=self.device)[mask.reshape(-1).to(self.device)]
-            total += float(token_nll(self.forward(ids), rows, ids[:, 1:][mask.to(self.device)]).sum())
+            total += float(next_token_nll(self.forward(ids), ids, mask).sum())
             count += float(mask.sum())
         return total, count

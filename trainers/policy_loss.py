@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from trainers.sft import check_logits_and_ids
-from trainers.token_nll import next_token_rows, token_nll
+from trainers.token_nll import next_token_nll
 
 PolicyLossFn = Callable[..., tuple[Tensor, dict]]
 
@@ -59,10 +59,7 @@ def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
     never exceeds one chunk and the backward keeps the logits as given, not a float32 log-softmax.
     """
     check_logits_and_ids(logits, input_ids)
-    batch, width = input_ids.shape
-    rows = next_token_rows(batch, width, device=logits.device)
-    targets = input_ids.to(logits.device)[:, 1:].reshape(-1)
-    return -token_nll(logits, rows, targets).view(batch, width - 1)
+    return -next_token_nll(logits, input_ids)
 
 
 def off_policy_tokens(off_policy: Tensor | None, mask: Tensor) -> Tensor:

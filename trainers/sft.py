@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trainers.token_nll import next_token_rows, token_nll
+from trainers.token_nll import next_token_nll
 
 
 def check_logits_and_ids(logits: Tensor, input_ids: Tensor) -> None:
@@ -58,12 +58,9 @@ def sft_loss(
         zero = logits.sum() * 0.0
         return zero, {"loss": 0.0, "loss_sum": 0.0, "tokens": 0}
 
-    # Float32 cross entropy of the predicting positions only, a chunk of rows at a time (trainers/token_nll.py):
-    # no float32 copy of the whole [tokens, V] block is made or kept for the backward.
-    target_mask = target_mask.to(logits.device)
-    rows = next_token_rows(*input_ids.shape, device=logits.device)[target_mask.reshape(-1)]
-    targets = input_ids.to(logits.device)[:, 1:][target_mask]
-    loss_sum = token_nll(logits, rows, targets).sum()
+    # Float32 cross entropy a chunk of rows at a time (trainers/token_nll.py): no float32 copy of the whole
+    # [tokens, V] block is made or kept for the backward.
+    loss_sum = next_token_nll(logits, input_ids, target_mask).sum()
     loss = loss_sum / tokens * token_scale
     loss_value, sum_value = torch.stack([loss.detach(), loss_sum.detach()]).tolist()  # one device sync
     return loss, {"loss": loss_value, "loss_sum": sum_value, "tokens": tokens}
