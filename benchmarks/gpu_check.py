@@ -36,15 +36,14 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.gpu_check_report import TARGET, print_summary, summarize  # noqa: E402
+
 SHAPE_NAMES = ("qwen2.5-1.5b", "qwen2-0.5b")
 BOXES = {"env": 60, "peak_matmul": 45, "step": 150, "weight_sync": 45, "paper_fit": 90, "variants": 150,
          "max_micro": 60}  # fmt: skip
 """Seconds each section may take at most (a step or max_micro section: per shape)."""
 MIN_START_S = 15
 """A section starts only with at least this much of the budget left."""
-TARGET = {"shape": "qwen2.5-1.5b", "run": "project_sft", "mfu": 0.45}
-SPEC_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
-"""Dense bf16 peak by GPU name (vendor data sheets, no sparsity), for a second MFU beside the measured one."""
 
 
 def section_names(args) -> list[str]:
@@ -227,22 +226,37 @@ def child(args) -> int:
 
 
 # ---- parent: supervises children, derives MFU, writes the JSON ----------------------------------------------
+HEAVY = ("step", "max_micro", "variants", "paper_fit", "weight_sync")
+"""Sections that build models: with fresh children, each gets a process of its own (the light ones before it
+share it), so it starts from an empty allocator and a CUDA fault stays in it."""
+
+
+def batch(pending: list[str]) -> list[str]:
+    """The pending sections up to and including the first heavy one."""
+    for i, name in enumerate(pending):
+        if name.split(":")[0] in HEAVY:
+            return pending[: i + 1]
+    return pending
+
+
 def supervise(passthrough: list[str], names: list[str], deadline: float, fresh: bool, log) -> dict:
     """Run the sections in child processes (each in its own if `fresh`), killing one that outlives its box."""
     sections: dict[str, dict] = {}
     pending = list(names)
     tmp = tempfile.mkdtemp(prefix="gpu_check_")
-    while pending:
+    for attempt in range(10 * len(names)):
+        if not pending:
+            break
         if deadline - time.time() < MIN_START_S:
             for n in pending:
                 sections[n] = {"status": "skipped", "error": "total time budget spent"}
             break
         progress, out_log = (
-            os.path.join(tmp, f"progress_{len(sections)}.jsonl"),
+            os.path.join(tmp, f"progress_{attempt}.jsonl"),
             os.path.join(tmp, "child.log"),
         )
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--progress", progress,
-               "--run-sections", ",".join(pending[:1] if fresh else pending), "--deadline", str(deadline),
+               "--run-sections", ",".join(batch(pending) if fresh else pending), "--deadline", str(deadline),
                *passthrough]  # fmt: skip
         with open(out_log, "w") as lf:
             proc = subprocess.Popen(
@@ -294,39 +308,6 @@ def supervise(passthrough: list[str], names: list[str], deadline: float, fresh: 
     return sections
 
 
-def summarize(sections: dict, env: dict) -> dict:
-    peak = ((sections.get("peak_matmul") or {}).get("result") or {}).get("peak_flops")
-    spec = next((v for k, v in SPEC_BF16.items() if k in str(env.get("gpu", ""))), None)
-    summary: dict = {"peak_flops_measured": peak, "peak_flops_spec": spec, "runs": {}}
-    for name, sec in sections.items():
-        if not name.startswith(("step:", "variants:")) or not sec.get("result"):
-            continue
-        for run, r in sec["result"].get("runs", {}).items():
-            if peak:
-                r["mfu"] = r["model_flops"] / r["step_s"] / peak
-                r["mfu_paper_flops"] = r["paper_flops"] / r["step_s"] / peak
-            if spec:
-                r["mfu_vs_spec"] = r["model_flops"] / r["step_s"] / spec
-            summary["runs"][f"{name.partition(':')[2]}/{run}"] = {k: r.get(k) for k in ("tokens_per_s", "mfu", "step_s",
-                                                                          "peak_mem_bytes")}  # fmt: skip
-    for key, val in summary["runs"].items():
-        other = summary["runs"].get(key.replace("/project_", "/baseline_"))
-        if "/project_" in key and other and other.get("step_s"):
-            val["speedup_vs_baseline"] = other["step_s"] / val["step_s"]
-    hit = summary["runs"].get(f"{TARGET['shape']}/{TARGET['run']}", {})
-    summary["target"] = dict(TARGET, measured=hit.get("mfu"), met=None if hit.get("mfu") is None else
-                             hit["mfu"] >= TARGET["mfu"])  # fmt: skip
-    result = lambda name: (sections.get(name) or {}).get("result") or {}  # noqa: E731
-    summary["max_micro"] = {n[10:]: {impl: result(n).get(impl, {}).get("largest") for impl in ("project", "baseline")}
-                            for n in sections if n.startswith("max_micro:")}  # fmt: skip
-    sync = result("weight_sync")
-    summary["weight_sync_bytes_per_s"] = {k: v["bytes_per_s"] for k, v in sync.items() if isinstance(v, dict)}
-    summary["paper_fit"] = {ph: {k: v.get(k) for k in ("per_rank_gib", "fits_this_device", "fits_80gib")}
-                            for ph, v in result("paper_fit").get("phases", {}).items()}  # fmt: skip
-    summary["failed_sections"] = [n for n, s in sections.items() if s.get("status") != "ok"]
-    return summary
-
-
 def machine_name(env: dict) -> str:
     slug = lambda s: re.sub(r"[^a-z0-9]+", "-", str(s).lower()).strip("-")  # noqa: E731
     return f"{slug(env.get('gpu') or 'cpu')}_{slug(socket.gethostname())[:24]}"
@@ -356,22 +337,6 @@ def main(argv=None) -> int:
     print_summary(report, out)
     print(json.dumps(report if args.print_json else report["summary"], default=str))
     return 0
-
-
-def print_summary(report: dict, out: str) -> None:
-    s = report["summary"]
-    gib = lambda b: f"{b / (1 << 30):.1f} GiB" if b else "-"  # noqa: E731
-    print(f"device: {report['env'].get('gpu') or report['env'].get('device')}; deepspeed used: "
-          f"{report['deepspeed_used']}; peak (measured) {(s['peak_flops_measured'] or 0) / 1e12:.1f} TFLOP/s")  # fmt: skip
-    for key, r in s["runs"].items():
-        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
-        speed = f"  x{r['speedup_vs_baseline']:.2f} vs plain" if r.get("speedup_vs_baseline") else ""
-        print(
-            f"  {key:34s} {r['tokens_per_s']:12.0f} tok/s  MFU {mfu:>6s}  peak {gib(r.get('peak_mem_bytes'))}{speed}"
-        )
-    t = s["target"]
-    print(f"target: {t['shape']} {t['run']} MFU >= {t['mfu']:.0%}: measured {t['measured']}, met {t['met']}")
-    print(f"failed sections: {s['failed_sections'] or 'none'}; took {report['seconds']} s; JSON: {out}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ def env(ctx) -> dict:
         props = torch.cuda.get_device_properties(0)
         rec.update(gpu=props.name, gpu_memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}",
                    cuda=torch.version.cuda, gpu_count=torch.cuda.device_count(),
-                   flash_sdp=torch.backends.cuda.flash_sdp_enabled())  # fmt: skip
+                   flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
+                   mem_efficient_sdp=torch.backends.cuda.mem_efficient_sdp_enabled())  # fmt: skip
     return rec
 
 
@@ -112,27 +113,39 @@ def make_runner(ctx, impl: str, shape: dict, dtype, deepspeed: bool, compile_: b
 def _timed_runs(
     ctx, rec: dict, prefix: str, runner, shape: dict, which: tuple, hf: dict, n_matmul: int
 ) -> None:
-    """Time the runner's SFT / log-prob / DAPO / ragged SFT steps (those in `which`) into rec["runs"]."""
+    """Time the runner's SFT / log-prob / DAPO / ragged SFT steps (those in `which`) into rec["runs"]; a run that
+    runs out of memory or fails is recorded as such and the next one runs."""
     rows = gm.make_rows(ctx.rows, ctx.seq, shape["vocab_size"], ctx.prompt, ragged=False)
+    ragged = gm.make_rows(ctx.rows, ctx.seq, shape["vocab_size"], ctx.prompt, ragged=True, seed=1)
     grouped, w, s, m = isinstance(runner, gm.ProjectStep), ctx.warmup, ctx.steps, ctx.micro
-    if "sft" in which:
-        _run(rec, f"{prefix}_sft", gm.timed(lambda: runner.step(rows, "sft"), ctx.device, w, s), rows, hf, n_matmul,
-             m, grouped)  # fmt: skip
-        ctx.partial(rec)
-    if "dapo" in which:
-        box: dict = {}
-        lp = gm.timed(lambda: box.update(lps=runner.logprobs(rows, gm.DAPO)), ctx.device, w, s)
-        _run(rec, f"{prefix}_logprobs", lp, rows, hf, n_matmul, m, grouped, passes=1)
-        rl_rows = dict(
-            rows, old_logprobs=box["lps"], advantages=[1.0 - 0.5 * (i % 3) for i in range(ctx.rows)]
-        )
-        _run(rec, f"{prefix}_dapo", gm.timed(lambda: runner.step(rl_rows, "rl", gm.DAPO), ctx.device, w, s), rows,
-             hf, n_matmul, m, grouped)  # fmt: skip
-        ctx.partial(rec)
-    if "ragged" in which:
-        ragged = gm.make_rows(ctx.rows, ctx.seq, shape["vocab_size"], ctx.prompt, ragged=True, seed=1)
-        _run(rec, f"{prefix}_sft_ragged", gm.timed(lambda: runner.step(ragged, "sft"), ctx.device, w, s), ragged, hf,
-             n_matmul, m, grouped)  # fmt: skip
+    box: dict = {}
+
+    def logprobs():
+        box["lps"] = runner.logprobs(rows, gm.DAPO)
+
+    def dapo():
+        adv = [1.0 - 0.5 * (i % 3) for i in range(ctx.rows)]
+        return runner.step(dict(rows, old_logprobs=box["lps"], advantages=adv), "rl", gm.DAPO)
+
+    plan = {
+        "sft": (lambda: runner.step(rows, "sft"), rows, 3),
+        "logprobs": (logprobs, rows, 1),
+        "dapo": (dapo, rows, 3),
+        "sft_ragged": (lambda: runner.step(ragged, "sft"), ragged, 3),
+    }
+    for kind, (fn, shard, passes) in plan.items():
+        if kind not in which or (kind == "dapo" and "lps" not in box):
+            continue
+        try:
+            timing = gm.timed(fn, ctx.device, w, s)
+        except Exception as e:  # noqa: BLE001
+            runner.model.zero_grad(set_to_none=True)
+            rec["runs"][f"{prefix}_{kind}"] = {
+                "error": "out of memory" if is_oom(e) else f"{type(e).__name__}: {e}"
+            }
+            cleanup()
+            continue
+        _run(rec, f"{prefix}_{kind}", timing, shard, hf, n_matmul, m, grouped, passes)
         ctx.partial(rec)
 
 
@@ -156,7 +169,9 @@ def step(ctx, name: str) -> dict:
         runner, rec[f"{impl}_impl"] = make_runner(ctx, impl, shape, dtype, ctx.use_deepspeed, ctx.compile,
                                                   ctx.precision == "autocast")  # fmt: skip
         rec[f"{impl}_static_mem_bytes"] = allocated(ctx)
-        _timed_runs(ctx, rec, impl, runner, shape, ("sft", "dapo", "ragged"), hf, rec["matmul_params"])
+        _timed_runs(
+            ctx, rec, impl, runner, shape, ("sft", "logprobs", "dapo", "sft_ragged"), hf, rec["matmul_params"]
+        )
         del runner
         cleanup()
     return rec

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from benchmarks.gpu_check import summarize
 from benchmarks.gpu_check_model import TINY
 from benchmarks.gpu_check_paper import zero_state_bytes
+from benchmarks.gpu_check_report import summarize
 from plasticity.flops import attention_flops_per_token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
