@@ -95,7 +95,8 @@ def free_port() -> int:
 
 
 def deepspeed_engine(model, cfg, device):
-    """The learner's DeepSpeed engine (its config: trainers.learner_step.deepspeed_config) on one rank."""
+    """(engine, DeepSpeed's version): the learner's DeepSpeed engine (trainers.learner_step.deepspeed_config) on
+    one rank."""
     import deepspeed
 
     from trainers.learner_step import deepspeed_config
@@ -105,11 +106,9 @@ def deepspeed_engine(model, cfg, device):
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         on_gpu = str(device).startswith("cuda")
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
-    ds_cfg = deepspeed_config(cfg, torch.bfloat16, str(device).startswith("cuda"))
-    engine, optimizer, _, _ = deepspeed.initialize(
-        model=model, model_parameters=model.parameters(), config=ds_cfg
-    )
-    return engine, optimizer
+    ds_cfg = deepspeed_config(cfg, next(model.parameters()).dtype, str(device).startswith("cuda"))
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_cfg)
+    return engine, deepspeed.__version__
 
 
 class ProjectStep:

@@ -91,8 +91,12 @@ def paper_fit(ctx) -> dict:
         ):  # scale the tiny slice's per-layer figure to the real depth all the same: it runs the code
             act["total_bytes"] = act["rest_bytes"] + shape["num_hidden_layers"] * act["per_layer_bytes"]
         total = states + live + act["total_bytes"]
+        # With gradient checkpointing per layer (not in the learner today): each layer keeps its bf16 input, and
+        # one layer's activations are live again while it is recomputed.
+        layer_inputs = shape["num_hidden_layers"] * micro * seq * shape["hidden_size"] * 2
+        ckpt = states + live + act["rest_bytes"] + layer_inputs + act["per_layer_bytes"]
         verdict = {"activations": act, "per_rank_bytes": total, "per_rank_gib": round(total / GIB, 2),
-                   "fits_80gib": total <= 80 * GIB}  # fmt: skip
+                   "fits_80gib": total <= 80 * GIB, "with_checkpointing_gib": round(ckpt / GIB, 2)}  # fmt: skip
         if device_bytes:
             verdict.update(
                 fits_this_device=total <= device_bytes, headroom_gib=round((device_bytes - total) / GIB, 2)

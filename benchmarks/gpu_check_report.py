@@ -36,12 +36,16 @@ def summarize(sections: dict, env: dict) -> dict:
     summary["target"] = dict(TARGET, measured=hit.get("mfu"), met=None if hit.get("mfu") is None else
                              hit["mfu"] >= TARGET["mfu"])  # fmt: skip
     result = lambda name: (sections.get(name) or {}).get("result") or {}  # noqa: E731
-    summary["max_micro"] = {n[10:]: {impl: result(n).get(impl, {}).get("largest") for impl in ("project", "baseline")}
-                            for n in sections if n.startswith("max_micro:")}  # fmt: skip
+    summary["max_micro"] = {
+        n[10:]: {impl: result(n).get(impl, {}).get("largest") for impl in ("project", "baseline")}
+        for n in sections
+        if n.startswith("max_micro:")
+    }
     sync = result("weight_sync")
     summary["weight_sync_bytes_per_s"] = {k: v["bytes_per_s"] for k, v in sync.items() if isinstance(v, dict)}
-    summary["paper_fit"] = {ph: {k: v.get(k) for k in ("per_rank_gib", "fits_this_device", "fits_80gib")}
-                            for ph, v in result("paper_fit").get("phases", {}).items()}  # fmt: skip
+    keys = ("per_rank_gib", "fits_this_device", "fits_80gib", "with_checkpointing_gib")
+    phases = result("paper_fit").get("phases", {})
+    summary["paper_fit"] = {ph: {k: v.get(k) for k in keys} for ph, v in phases.items()}
     summary["failed_sections"] = [n for n, s in sections.items() if s.get("status") != "ok"]
     return summary
 

@@ -40,7 +40,7 @@ def env(ctx) -> dict:
         tf = f"unavailable: {e}"
     rec = {"python": platform.python_version(), "torch": torch.__version__, "transformers": tf,
            "hostname": socket.gethostname(), "cpu_count": os.cpu_count(), "device": str(ctx.device),
-           "deepspeed": ctx.deepspeed_version, "deepspeed_used": ctx.use_deepspeed}  # fmt: skip
+           "deepspeed": ctx.deepspeed_version, "deepspeed_wanted": ctx.use_deepspeed}  # fmt: skip
     if ctx.on_cuda:
         props = torch.cuda.get_device_properties(0)
         rec.update(gpu=props.name, gpu_memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}",
@@ -91,10 +91,8 @@ def make_runner(ctx, impl: str, shape: dict, dtype, deepspeed: bool, compile_: b
     engine, note = None, ""
     if impl == "project" and deepspeed:
         try:
-            engine, _ = gm.deepspeed_engine(model, ctx.learner_cfg(), ctx.device)
-            note = (
-                f"deepspeed {ctx.deepspeed_version} engine, LearnerRank's config (ZeRO {ctx.args.zero_stage})"
-            )
+            engine, version = gm.deepspeed_engine(model, ctx.learner_cfg(), ctx.device)
+            note = f"deepspeed {version} engine, LearnerRank's config (ZeRO {ctx.args.zero_stage})"
         except Exception as e:  # noqa: BLE001  (recorded; the step runs without it)
             note = f"deepspeed failed to start ({type(e).__name__}: {e}); "
     if impl == "project" and engine is None:
