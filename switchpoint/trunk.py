@@ -40,7 +40,14 @@ def sft_settings(cfg: Config) -> dict:
         "learner": learner,
         "sft": {k: v for k, v in raw["sft"].items() if k not in MEASURE_ONLY_SFT_KEYS},
     }
-    return flatten(nested)
+    flat = flatten(nested)
+    # The study knobs at their off values are left out, so trunks trained before they existed keep their keys.
+    if flat["data.layout"] == "classic" and not flat["data.shared_mix"] and not flat["data.sft_mix"]:
+        for key in ("data.layout", "data.shared_mix", "data.sft_mix"):
+            del flat[key]
+    if flat["model.pretrain.steps"] == 0:
+        flat = {k: v for k, v in flat.items() if not k.startswith("model.pretrain.")}
+    return flat
 
 
 def is_trunk_key(key: str) -> bool:
