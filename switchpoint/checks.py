@@ -109,6 +109,10 @@ def _check_study(cfg: Config) -> None:
                 raise ConfigError(
                     f"config key 'data.{key}' is used only with data.layout: study (got layout classic)"
                 )
+        if d.sft_fraction != 1.0:
+            raise ConfigError(
+                "config key 'data.sft_fraction' is used only with data.layout: study (got layout classic)"
+            )
         return
     if d.source != "synthetic":
         raise ConfigError(
@@ -126,6 +130,11 @@ def _check_study(cfg: Config) -> None:
             raise ConfigError(
                 f"config key 'data.{key}' must be > 0 with data.layout: study, got {getattr(d, key)}"
             )
+    if not 0 < d.sft_fraction <= 1 or study_data.fraction_size(d.n_sft_train, d.sft_fraction) < 1:
+        raise ConfigError(
+            f"config key 'data.sft_fraction' must be in (0, 1] and leave at least one of data.n_sft_train's "
+            f"{d.n_sft_train} rows, got {d.sft_fraction:g}"
+        )
     p = cfg.model.pretrain
     try:
         study_data.check_room(

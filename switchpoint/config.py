@@ -110,7 +110,10 @@ class DataConfig:
     """layout `study`: weights of difficulties 1, 2, ... in the SFT train set, e.g. easy [4, 2, 1], uniform
     [1, 1, 1], hard [1, 2, 4] (the paper's Easy/Uniform/Hard102K shape; empty: shared_mix)."""
     n_sft_train: int = 2000
-    """Synthetic: expert trajectories for SFT (the data-size knob)."""
+    """Synthetic: expert trajectories for SFT (the data-size knob; with layout `study`, the largest set's size)."""
+    sft_fraction: float = 1.0
+    """layout `study`: train on the first round(sft_fraction * n_sft_train) rows of the SFT set, e.g. 0.125, 0.25,
+    0.5, 1: nested subsets of the largest set, whose room in every level is what is checked (1 with `classic`)."""
     n_sft_val: int = 200
     """Synthetic: held-out trajectories for the SFT validation loss."""
     n_rl: int = 2000

@@ -105,13 +105,12 @@ def _study_paths(cfg: Config) -> dict[str, str]:
     d = cfg.data
     shared = {"shared_mix": d.shared_mix, "n_sft_val": d.n_sft_val, "n_rl": d.n_rl, "n_eval": d.n_eval}
     shared["seed"] = cfg.run.seed
-    folder, sft_folder = study_data.study_folders(
-        d.dir, sft_mix=d.sft_mix, n_sft_train=d.n_sft_train, **shared
-    )
+    n = study_data.fraction_size(d.n_sft_train, d.sft_fraction)  # a prefix: the same rows as n_sft_train=n
+    folder, sft_folder = study_data.study_folders(d.dir, sft_mix=d.sft_mix, n_sft_train=n, **shared)
     try:
         paths = study_data.write_shared_splits(folder, **shared)
         paths["sft_train"] = study_data.write_sft_train(
-            sft_folder, sft_mix=d.sft_mix, n_sft_train=d.n_sft_train, **shared
+            sft_folder, sft_mix=d.sft_mix, n_sft_train=n, **shared
         )
     except OSError as e:
         raise ConfigError(

@@ -90,6 +90,11 @@ def level_counts(levels: list[int]) -> dict[int, int]:
     return out
 
 
+def fraction_size(n_sft_train: int, fraction: float) -> int:
+    """Rows of the SFT set at this fraction of the largest (data.sft_fraction): its first ones."""
+    return round(n_sft_train * fraction)
+
+
 def enumerable(level: int) -> bool:
     """Whether the level's problems are few enough to enumerate and shuffle (its order then has a back end)."""
     return count_problems(level) <= _ENUMERATE_LIMIT

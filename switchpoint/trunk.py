@@ -42,8 +42,9 @@ def sft_settings(cfg: Config) -> dict:
     }
     flat = flatten(nested)
     # The study knobs at their off values are left out, so trunks trained before they existed keep their keys.
-    if flat["data.layout"] == "classic" and not flat["data.shared_mix"] and not flat["data.sft_mix"]:
-        for key in ("data.layout", "data.shared_mix", "data.sft_mix"):
+    study_keys = ("data.layout", "data.shared_mix", "data.sft_mix", "data.sft_fraction")
+    if [flat[k] for k in study_keys] == ["classic", [], [], 1.0]:
+        for key in study_keys:
             del flat[key]
     if flat["model.pretrain.steps"] == 0:
         flat = {k: v for k, v in flat.items() if not k.startswith("model.pretrain.")}

@@ -54,11 +54,13 @@ def variants(tmp_path_factory):
     """{(mix, size): split paths}, each variant written into its own data.dir, so equal files are rebuilt equal."""
     out = {}
     for mix_name, mix in MIXES.items():
-        for size in (32, 64, 128, 256):
-            if mix_name != "uniform" and size != 256:
+        for fraction in (0.125, 0.25, 0.5, 1.0):
+            if mix_name != "uniform" and fraction != 1:
                 continue
-            cfg = study_cfg(tmp_path_factory.mktemp(f"{mix_name}{size}"), sft_mix=mix, n_sft_train=size)
-            out[mix_name, size] = split_paths(cfg)
+            cfg = study_cfg(
+                tmp_path_factory.mktemp(f"{mix_name}{fraction}"), sft_mix=mix, sft_fraction=fraction
+            )
+            out[mix_name, int(256 * fraction)] = split_paths(cfg)
     return out
 
 
@@ -81,6 +83,11 @@ def test_smaller_sft_sets_are_prefixes_of_larger_ones(variants):
         assert len(subset) == size and subset == largest[:size]
         counts = [sum(level(r) == d for r in subset) for d in (1, 2, 3)]
         assert max(counts) - min(counts) <= 1  # a prefix keeps the mix
+
+
+def test_a_fraction_of_the_largest_is_that_size_set(variants, tmp_path):
+    direct = split_paths(study_cfg(tmp_path, sft_mix=[1, 1, 1], n_sft_train=64))
+    assert digest(direct["sft_train"]) == digest(variants["uniform", 64]["sft_train"])
 
 
 def test_mixes_of_one_size_differ_only_in_difficulty(variants):
@@ -189,6 +196,10 @@ TINY = {"build_tiny": True, "tiny": {"max_position_embeddings": 128}}
             "data.layout",
         ),  # fmt: skip
         ({"data": {**STUDY, "n_rl": 0}}, "data.n_rl"),
+        ({"data": {"sft_fraction": 0.5}}, "data.sft_fraction"),
+        ({"data": {**STUDY, "sft_fraction": 0}}, "data.sft_fraction"),
+        ({"data": {**STUDY, "sft_fraction": 1.5}}, "data.sft_fraction"),
+        ({"data": {**STUDY, "sft_fraction": 0.001, "n_sft_train": 100}}, "data.sft_fraction"),
         ({"data": {**STUDY, "sft_mix": [1], "n_sft_train": 2500}}, "data.n_sft_train"),
         ({"data": {**STUDY, "shared_mix": [1], "n_rl": 2600}}, "data.n_rl"),
         ({"model": TINY, "data": {**STUDY, "max_len": 64}, "rollout": {"max_tokens": 64}}, "data.max_len"),
