@@ -158,7 +158,7 @@ def run_study(
             "config": base,
             "study": asdict(study),
             "quick": quick,
-            "command": " ".join(sys.argv),
+            "command": "switchpoint study " + " ".join(sys.argv[1:]),
             "commit": _commit(),
             "started": time.time(),
             "cells": [],
@@ -208,6 +208,7 @@ def run_study(
 def cmd_study(args) -> int:
     from cluster.study_report import write_report
 
+    args.config = args.config or getattr(args, "config_flag", None)
     if args.report_only:
         print(write_report(os.path.abspath(args.report_only)))
         return 0
@@ -226,10 +227,9 @@ def cmd_study(args) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser, config_flag: bool) -> None:
-    if config_flag:
-        p.add_argument("--config", help="study config (a run config with a study: section)")
-    else:
-        p.add_argument("config", nargs="?", help="study config, e.g. configs/study.yaml")
+    p.add_argument("config", nargs="?", help="study config, e.g. configs/study.yaml")
+    if config_flag:  # `python -m cluster.study --config FILE`, as cluster.job and cluster.tune take it
+        p.add_argument("--config", dest="config_flag", metavar="CONFIG", help="the same, as a flag")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (study.* too)"
     )
