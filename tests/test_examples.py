@@ -21,7 +21,8 @@ OWN = os.path.join(REPO, "configs", "example_own_data.yaml")
         ("Answer: 07", "7", 1.0),
         ("Answer: 7.0", "7", 1.0),
         ("Answer: 6", "7", 0.0),
-        ("Answer: 1 ... Answer: 7", "7", 1.0),  # the last answer counts
+        ("Answer: 7. Check: Answer: 7.0", "7", 1.0),  # the same answer twice
+        ("Answer: 1 ... Answer: 7", "7", 0.0),  # a hedge scores 0
         ("no answer here", "7", 0.0),
         ("Answer: 7", "seven", 0.0),
         ("Answer: " + "9" * 5000, "7", 0.0),
