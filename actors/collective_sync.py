@@ -24,12 +24,11 @@ from datetime import timedelta
 import ray
 from ray.exceptions import RayActorError
 
+from actors.weight_buckets import pack_bucket, param_items, plan_buckets, unpack_bucket
 from actors.weight_sync import ObjectStoreSync, WeightSynchronizer
 
 log = logging.getLogger("switchpoint.weight_sync")
 
-BUCKET_BYTES = 256 << 20
-"""Largest flat buffer one broadcast carries (a parameter larger than this goes alone)."""
 GROUP_TIMEOUT_S = 120
 """Rendezvous and per-broadcast timeout. A member that died mid-broadcast holds rank 0 up to this long."""
 
@@ -47,23 +46,6 @@ def collective_backend(learner_device: str, engine_devices: list[str]) -> tuple[
     return "gloo", None
 
 
-def plan_buckets(items: list[tuple[str, tuple, str, int]], limit: int = BUCKET_BYTES) -> list[dict]:
-    """Consecutive (name, shape, dtype, bytes per element) of one dtype packed into buckets of at most limit
-    bytes: [{"dtype", "numel", "items": [(name, shape, numel)]}]."""
-    buckets: list[dict] = []
-    for name, shape, dtype, itemsize in items:
-        numel = 1
-        for s in shape:
-            numel *= int(s)
-        last = buckets[-1] if buckets else None
-        if last is None or last["dtype"] != dtype or (last["numel"] + numel) * itemsize > limit:
-            last = {"dtype": dtype, "numel": 0, "items": []}
-            buckets.append(last)
-        last["items"].append((name, tuple(int(s) for s in shape), numel))
-        last["numel"] += numel
-    return buckets
-
-
 # ---- run inside the actors (actor.__ray_call__.remote(fn, ...)) ------------------------------------------------
 def learner_plan(rank) -> dict:
     """On learner rank 0: its device, a rendezvous address on its node, the bucket plan of its parameters
@@ -71,10 +53,7 @@ def learner_plan(rank) -> dict:
     with socket.socket() as s:
         s.bind(("", 0))
         port = s.getsockname()[1]
-    items = [
-        (n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."), p.element_size())
-        for n, p in rank.engine.module.named_parameters()
-    ]
+    items = param_items(rank.engine.module.named_parameters())
     return {
         "device": str(rank.device),
         "host": ray.util.get_node_ip_address(),
@@ -129,7 +108,6 @@ def _broadcast(member, tensor) -> None:
 def learner_broadcast(rank, buckets: list[dict]) -> float:
     """On every learner rank (a ZeRO-3 gather needs them all); rank 0 sends. Returns seconds."""
     import deepspeed
-    import torch
 
     t0 = time.perf_counter()
     params = dict(rank.engine.module.named_parameters())
@@ -138,10 +116,8 @@ def learner_broadcast(rank, buckets: list[dict]) -> float:
         if rank.rank != 0:
             return 0.0
         device = rank.device if rank._weight_group["backend"] == "nccl" else "cpu"
-        with torch.no_grad():
-            for bucket in buckets:
-                flat = torch.cat([params[n].detach().reshape(-1).to(device) for n, _, _ in bucket["items"]])
-                _broadcast(rank, flat)
+        for bucket in buckets:
+            _broadcast(rank, pack_bucket(params, bucket, device))
     return time.perf_counter() - t0
 
 
@@ -154,10 +130,7 @@ def engine_receive(worker, buckets: list[dict]) -> float:
     for bucket in buckets:
         flat = torch.empty(bucket["numel"], dtype=getattr(torch, bucket["dtype"]), device=device)
         _broadcast(worker, flat)
-        offset = 0
-        for name, shape, numel in bucket["items"]:
-            weights[name] = flat[offset : offset + numel].view(shape)
-            offset += numel
+        weights.update(unpack_bucket(flat, bucket))
     return worker.load_weights(weights)
 
 

@@ -20,37 +20,6 @@ import ray
 from switchpoint.config import LearnerConfig
 
 
-def _pad(seqs: list[list[int]], pad_id: int):
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attn[i, : len(s)] = 1
-    return ids, attn
-
-
-def _mask(masks: list[list[int]], width: int):
-    import torch
-
-    out = torch.zeros((len(masks), width), dtype=torch.float32)
-    for i, m in enumerate(masks):
-        out[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
-    return out
-
-
-def length_grouped(lengths: list[int], size: int) -> list[list[int]]:
-    """Row indices in micro-batches of at most `size` rows (0: one batch), rows sorted by length first so each
-    micro-batch pads to a width near its rows' own: less compute on padding than chunks in arrival order. The
-    count of micro-batches depends only on the row count, so every rank runs the same number of forwards
-    (ZeRO-3 needs that)."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    size = size or len(order) or 1
-    return [order[i : i + size] for i in range(0, len(order), size)]
-
-
 class LearnerRank:
     """One DeepSpeed data-parallel rank."""
 
@@ -83,6 +52,8 @@ class LearnerRank:
         import transformers
         from transformers import AutoModelForCausalLM
 
+        from trainers.learner_step import deepspeed_config
+
         # save_pretrained draws a "Writing model shards" bar per checkpoint; forwarded to the job's driver log it
         # buried the progress lines. A failed save still raises.
         transformers.utils.logging.disable_progress_bar()
@@ -111,28 +82,7 @@ class LearnerRank:
         )
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-        ds_config = {
-            "train_micro_batch_size_per_gpu": 1,  # we feed whole shards; DeepSpeed only needs a consistent value
-            "gradient_accumulation_steps": 1,
-            "gradient_clipping": self.cfg.grad_clip,
-            "zero_optimization": {"stage": self.cfg.zero_stage},
-            # torch_adam avoids DeepSpeed's FusedAdam JIT build (~70 s on CPU).
-            "optimizer": {
-                "type": "AdamW",
-                "params": {
-                    "lr": self.cfg.lr,
-                    "betas": [float(b) for b in self.cfg.betas],
-                    "weight_decay": self.cfg.weight_decay,
-                    "torch_adam": True,
-                },
-            },
-            "bf16": {"enabled": dtype == torch.bfloat16},
-            "fp16": {"enabled": dtype == torch.float16},
-            "steps_per_print": 10**9,
-            # Every step() is an update; backward() calls in between accumulate micro-batch gradients.
-            "managed_gradient_accumulation": False,
-            "wall_clock_breakdown": False,
-        }
+        ds_config = deepspeed_config(self.cfg, dtype, self.on_gpu)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=model.parameters(), config=ds_config
         )
@@ -176,10 +126,24 @@ class LearnerRank:
             group["lr"] = lr
 
     # ---- training --------------------------------------------------------------------------------------------
-    def _forward(self, input_ids, attention_mask):
-        return self.engine(
-            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
-        ).logits
+    def _forward(self, input_ids):
+        # No attention mask: rows are right-padded, so causal attention never lets a real token see padding
+        # (trainers/learner_step.py); no KV cache either, a training forward never reads one.
+        return self.engine(input_ids=input_ids, use_cache=False).logits
+
+    def _step(self):
+        """This rank's step on its rows: micro-batching, loss and backward (Ray- and DeepSpeed-free)."""
+        from trainers.learner_step import RankStep
+
+        return RankStep(
+            self._forward,
+            self.device,
+            self.pad_id,
+            self.world_size,
+            self.cfg.micro_batch_size,
+            self.objective,
+            self.rl,
+        )
 
     def train_step(self, shard: dict, global_count: float, counts: dict | None = None) -> dict:
         """One optimizer step on this rank's shard. global_count is the normaliser summed over all ranks
@@ -192,27 +156,13 @@ class LearnerRank:
         if self.objective == "sft":
             self._set_lr(self._sft_lr(self.sft_step))
             self.sft_step += 1
-        sums: dict[str, float] = {}  # loss, tokens and other counts: summed
-        means: dict[str, float] = {}  # token-weighted means
-        maxima: dict[str, float] = {}  # keys ending in _max_dev: maxima over tokens
-        weight = 0.0
-        lengths = [len(x) for x in shard["input_ids"]]
-        for rows in length_grouped(lengths, self.cfg.micro_batch_size):
-            micro = {k: [v[j] for j in rows] for k, v in shard.items()}
-            loss, info = self._micro_loss(micro, global_count, counts or {})
-            # Each micro-batch loss is already a share of the global mean: no further scaling by DeepSpeed.
-            self.engine.backward(loss, scale_wrt_gas=False)
-            w = float(info.get("tokens", 1.0))
-            weight += w
-            for k, v in info.items():
-                if k in ("loss", "tokens", "off_policy_tokens", "demo_tokens_trained"):  # counts
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                elif k.endswith("_max_dev"):
-                    maxima[k] = max(maxima.get(k, 0.0), float(v))
-                elif isinstance(v, (int, float)) or hasattr(v, "__float__"):
-                    means[k] = means.get(k, 0.0) + float(v) * w
+        out = self._step().accumulate(
+            shard,
+            global_count,
+            counts,
+            backward=lambda loss: self.engine.backward(loss, scale_wrt_gas=False),
+        )
         self.engine.step()
-        out = {**sums, **{k: v / max(weight, 1e-9) for k, v in means.items()}, **maxima}
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         out["lr"] = self.optimizer.param_groups[0]["lr"]
         out["seconds"] = time.perf_counter() - t0
@@ -241,128 +191,16 @@ class LearnerRank:
         """eval_loss on this rank's rows of the validation set, read here by index."""
         return self.eval_loss(self._read_rows(folder, indices))
 
-    def _temperature(self) -> float:
-        """Temperature the RL log-probs are taken at: the sampling temperature, for old and new alike (veRL
-        divides the logits by it; the engine's log-probs are taken after it, see actors/rollout.py)."""
-        return float(self.rl.get("temperature") or 1.0)
-
-    def _rl_logprobs(self, ids, attn):
-        """(response-position log-probs [B, T-1] at the RL temperature, the scaled logits)."""
-        from trainers import token_logprobs
-
-        logits = self._forward(ids, attn) / self._temperature()
-        return token_logprobs(logits, ids), logits
-
     def compute_logprobs(self, shard: dict) -> list[list[float]]:
         """Log-probs of every row's response tokens under the current weights, at the RL temperature: the
         behaviour policy's, recomputed before the step's first update (rl.old_logprobs: learner)."""
-        import torch
-
         self.engine.eval()
-        out: list[list[float]] = [[] for _ in shard["input_ids"]]
-        with torch.no_grad():
-            for rows in length_grouped([len(x) for x in shard["input_ids"]], self.cfg.micro_batch_size):
-                ids, attn = _pad([shard["input_ids"][j] for j in rows], self.pad_id)
-                lps, _ = self._rl_logprobs(ids.to(self.device), attn)
-                for b, j in enumerate(rows):
-                    m = shard["loss_mask"][j]
-                    n = sum(m)
-                    start = m.index(1) - 1 if n else 0
-                    out[j] = lps[b, start : start + n].float().cpu().tolist()
-        return out
-
-    def _micro_loss(self, micro: dict, global_count: float, counts: dict):
-        import torch
-
-        from trainers import aggregate_token_loss, rl_objective, sft_loss
-        from trainers.policy_loss import token_entropy
-
-        ids, attn = _pad(micro["input_ids"], self.pad_id)
-        mask = _mask(micro["loss_mask"], ids.shape[1]).to(self.device)
-        ids = ids.to(self.device)
-        if self.objective == "sft":
-            n_local = float(mask[:, 1:].sum())
-            return sft_loss(
-                self._forward(ids, attn), ids, mask, token_scale=n_local * self.world_size / global_count
-            )
-        objective = rl_objective(self.rl["algorithm"])
-        resp_mask = mask[:, 1:]
-        new, logits = self._rl_logprobs(ids, attn)
-        if "old_logprobs" in micro:
-            # The behaviour policy's log-probs (recomputed by the learner before the first update, or the
-            # engine's), so later mini-batch updates see a real importance ratio and the clip bites.
-            old = torch.zeros_like(new)
-            for b, lps in enumerate(micro["old_logprobs"]):
-                if not lps or 1 not in micro["loss_mask"][b]:
-                    continue  # a padding row or a filtered completion: no response tokens
-                start = micro["loss_mask"][b].index(1) - 1
-                old[b, start : start + len(lps)] = torch.tensor(lps, dtype=old.dtype)
-        else:
-            old = new.detach()
-        adv = torch.tensor(micro["advantages"], dtype=torch.float32, device=self.device)
-        # off_policy: per row, how many leading response tokens are not the policy's own (an expert
-        # trajectory: all of them; a hybrid: its expert prefix) -> a token mask.
-        off_policy = torch.zeros_like(resp_mask, dtype=torch.bool)
-        for b, count in enumerate(micro.get("off_policy") or []):
-            if count and 1 in micro["loss_mask"][b]:
-                start = micro["loss_mask"][b].index(1) - 1
-                off_policy[b, start : start + int(count)] = True
-        # Each rank divides by the global count / world size; DeepSpeed's gradient average makes it global.
-        denominator = global_count / self.world_size
-        entropy = None
-        if objective.entropy_coef or objective.uses_entropy:
-            entropy = token_entropy(logits, resp_mask)
-        extra = {}
-        if objective.demo_token_mean:
-            extra["demo_normalizer"] = max(counts.get("demo", 0.0), 1.0) / self.world_size
-        if objective.uses_correct:
-            correct = list(micro.get("correct") or [])  # rows padded by the shard have none: not correct
-            correct += [False] * (len(micro["input_ids"]) - len(correct))
-            extra["correct"] = torch.tensor(correct, dtype=torch.bool, device=self.device)
-        loss, info = objective.loss_fn(
-            new,
-            old,
-            adv,
-            resp_mask,
-            **extra,
-            clip_low=self.rl["clip_low"],
-            clip_high=self.rl["clip_high"],
-            clip_ratio_c=self.rl.get("clip_ratio_c", objective.clip_ratio_c),
-            loss_agg=objective.loss_agg,
-            normalizer=denominator,
-            off_policy=off_policy.to(self.device),
-            entropy=entropy,
-        )
-        if objective.entropy_coef:
-            ent_denominator = counts.get("entropy", global_count) / self.world_size
-            bonus = aggregate_token_loss(entropy, resp_mask, objective.bonus_agg, ent_denominator)
-            loss = loss - objective.entropy_coef * bonus
-            info["entropy"] = float((entropy * resp_mask).sum() / resp_mask.sum().clamp(min=1))
-        if "old_logprobs" in micro:
-            diff = ((new.detach() - old).abs() * resp_mask).sum() / resp_mask.sum().clamp(min=1)
-            info["logprob_diff_vs_old"] = float(diff)
-        return loss, info
+        return self._step().response_logprobs(shard)
 
     def eval_loss(self, shard: dict) -> tuple[float, float]:
         """(summed response-token NLL, token count) on this rank's shard of the validation set."""
-        import torch
-        import torch.nn.functional as F
-
         self.engine.eval()
-        total, count = 0.0, 0.0
-        size = self.cfg.micro_batch_size or 64
-        with torch.no_grad():
-            for i in range(0, len(shard["input_ids"]), size):
-                ids, attn = _pad(shard["input_ids"][i : i + size], self.pad_id)
-                mask = _mask(shard["loss_mask"][i : i + size], ids.shape[1])[:, 1:].to(self.device)
-                ids = ids.to(self.device)
-                logits = self._forward(ids, attn)[:, :-1].float()
-                nll = F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-                )
-                total += float((nll.view_as(mask) * mask).sum())
-                count += float(mask.sum())
-        return total, count
+        return self._step().eval_nll(shard)
 
     # ---- weights ---------------------------------------------------------------------------------------------
     def _full_state_dict(self) -> dict:

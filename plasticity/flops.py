@@ -71,13 +71,20 @@ def model_dims(hf_config: Mapping) -> dict[str, int]:
     return dims
 
 
+def attention_flops_per_token(hf_config: Mapping, seq_len: float) -> float:
+    """Forward FLOPs per token of the attention scores and their weighted sum at sequence length seq_len:
+    4 * S * L * H (the whole S x S product, as Appendix E counts it, not half for the causal mask)."""
+    s = _positive(seq_len, "seq_len")
+    d = model_dims(hf_config)
+    return 4.0 * s * d["num_hidden_layers"] * d["hidden_size"]
+
+
 def forward_flops_per_token(hf_config: Mapping, seq_len: float) -> float:
     """Forward FLOPs per token at mean sequence length seq_len (DESIGN.md / the paper's Appendix E)."""
-    s = _positive(seq_len, "seq_len")
     d = model_dims(hf_config)
     n_layers, h, h_ff, v = d["num_hidden_layers"], d["hidden_size"], d["intermediate_size"], d["vocab_size"]
     dense = n_layers * (3 * h * h_ff + 2 * h * (h + d["kv_dim"])) + 2 * v * h
-    return 2.0 * dense + 4.0 * s * n_layers * h
+    return 2.0 * dense + attention_flops_per_token(hf_config, seq_len)
 
 
 def sft_step_flops(hf_config: Mapping, batch_size: float, seq_len: float) -> float:

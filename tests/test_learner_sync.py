@@ -5,9 +5,10 @@ import pytest
 import ray
 import torch
 
-from actors.collective_sync import CollectiveSync, collective_backend, plan_buckets
+from actors.collective_sync import CollectiveSync, collective_backend
 from actors.learner_group import LearnerGroup
 from actors.rollout import RolloutWorker
+from actors.weight_buckets import plan_buckets
 from actors.weight_sync import DiskSync, ObjectStoreSync
 from switchpoint.config import LearnerConfig, RolloutConfig
 from switchpoint.data import tokenize_sft

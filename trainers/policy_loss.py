@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from trainers.sft import check_logits_and_ids
+from trainers.token_nll import next_token_nll
 
 PolicyLossFn = Callable[..., tuple[Tensor, dict]]
 
@@ -55,16 +55,11 @@ def get_policy_loss(name: str) -> PolicyLossFn:
 def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
     """log p(input_ids[:, t + 1] | input_ids[:, :t + 1]) for every t: [B, T] -> [B, T - 1], float32.
 
-    Computed one sequence at a time with cross_entropy(reduction="none"), so that the
-    float32 copy of the logits never exceeds one sequence's [T, V] block.
+    Float32 cross entropy a chunk of rows at a time (trainers/token_nll.py), so the float32 copy of the logits
+    never exceeds one chunk and the backward keeps the logits as given, not a float32 log-softmax.
     """
     check_logits_and_ids(logits, input_ids)
-    targets = input_ids[:, 1:].long()
-    rows = [
-        -F.cross_entropy(row_logits.float(), row_targets, reduction="none")
-        for row_logits, row_targets in zip(logits[:, :-1], targets, strict=True)
-    ]
-    return torch.stack(rows)
+    return -next_token_nll(logits, input_ids)
 
 
 def off_policy_tokens(off_policy: Tensor | None, mask: Tensor) -> Tensor:

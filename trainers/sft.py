@@ -10,8 +10,9 @@ gradients are averaged over ranks).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from trainers.token_nll import next_token_nll
 
 
 def check_logits_and_ids(logits: Tensor, input_ids: Tensor) -> None:
@@ -57,9 +58,9 @@ def sft_loss(
         zero = logits.sum() * 0.0
         return zero, {"loss": 0.0, "loss_sum": 0.0, "tokens": 0}
 
-    # Select the predicting positions first, so the float32 copy covers response tokens only.
-    predicting_logits = logits[:, :-1][target_mask].float()
-    targets = input_ids[:, 1:][target_mask].long()
-    loss_sum = F.cross_entropy(predicting_logits, targets, reduction="sum")
+    # Float32 cross entropy a chunk of rows at a time (trainers/token_nll.py): no float32 copy of the whole
+    # [tokens, V] block is made or kept for the backward.
+    loss_sum = next_token_nll(logits, input_ids, target_mask).sum()
     loss = loss_sum / tokens * token_scale
-    return loss, {"loss": float(loss.item()), "loss_sum": float(loss_sum.item()), "tokens": tokens}
+    loss_value, sum_value = torch.stack([loss.detach(), loss_sum.detach()]).tolist()  # one device sync
+    return loss, {"loss": loss_value, "loss_sum": sum_value, "tokens": tokens}
