@@ -34,7 +34,7 @@ class NoGPUError(ResourceError):
 
 NO_GPU_ADVICE = (
     "run it where Ray sees GPUs (install the GPU wheels there: pip install -e '.[gpu]'), or set "
-    "learner.gpus_per_rank and rollout.gpus_per_worker to 0 for a CPU run (see docs/gpus.md)"
+    "learner.gpus_per_rank and rollout.gpus_per_worker to 0 for a CPU run (see docs/gpus-and-clusters.md)"
 )
 
 
