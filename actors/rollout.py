@@ -90,6 +90,12 @@ class RolloutWorker:
         )
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            # vLLM's CPU runner cannot rewind a seeded request's generator after a partial (chunked) prefill
+            # ("CPU Generator does not use offset"), so a call whose prompts overflow a step's token budget (256
+            # prompts of 17+ tokens) crashed RL, which seeds every prompt. Whole prompts only: one that does not
+            # fit waits for the next step (the budget stays max(4096, max_model_len)).
+            kwargs["enable_chunked_prefill"] = False
         self.llm = LLM(**kwargs)
         if quiet_start:
             _set_vllm_log_level(logging.WARNING)

@@ -91,7 +91,114 @@ def check_config(cfg: Config) -> None:
         )
     if cfg.model.build_tiny:
         _check_lengths(cfg, cfg.model.tiny.max_position_embeddings, "model.tiny.max_position_embeddings")
+    _check_study(cfg)
+    _check_pretrain(cfg)
     _check_trackers(cfg.run.report_to)
+
+
+def _check_study(cfg: Config) -> None:
+    """data.layout `study`: mixes, sizes, room in every level (with the pretraining corpus) and, for the tiny
+    model's character tokenizer, that the hardest row fits data.max_len, its response rollout.max_tokens and both
+    the model's positions (a cut row would train on a half trajectory; a cut completion scores 0)."""
+    from switchpoint import study_data
+
+    d = cfg.data
+    if d.layout == "classic":
+        for key in ("shared_mix", "sft_mix"):
+            if getattr(d, key):
+                raise ConfigError(
+                    f"config key 'data.{key}' is used only with data.layout: study (got layout classic)"
+                )
+        if d.sft_fraction != 1.0:
+            raise ConfigError(
+                "config key 'data.sft_fraction' is used only with data.layout: study (got layout classic)"
+            )
+        return
+    if d.source != "synthetic":
+        raise ConfigError(
+            "config key 'data.layout' is 'study', which draws the synthetic task: needs data.source: synthetic"
+        )
+    for key in ("shared_mix", "sft_mix"):
+        if key == "sft_mix" and not d.sft_mix:
+            d.sft_mix = list(d.shared_mix)  # empty: the SFT set has the shared splits' mix
+        try:
+            study_data.check_mix(getattr(d, key), f"config key 'data.{key}'")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    for key in ("n_sft_train", "n_sft_val", "n_rl", "n_eval"):
+        if getattr(d, key) < 1:
+            raise ConfigError(
+                f"config key 'data.{key}' must be > 0 with data.layout: study, got {getattr(d, key)}"
+            )
+    if not 0 < d.sft_fraction <= 1 or study_data.fraction_size(d.n_sft_train, d.sft_fraction) < 1:
+        raise ConfigError(
+            f"config key 'data.sft_fraction' must be in (0, 1] and leave at least one of data.n_sft_train's "
+            f"{d.n_sft_train} rows, got {d.sft_fraction:g}"
+        )
+    p = cfg.model.pretrain
+    try:
+        study_data.check_room(
+            d.shared_mix, d.sft_mix, d.n_sft_train, d.n_sft_val, d.n_rl, d.n_eval,
+            p.difficulty if p.steps else 0, p.corpus_size if p.steps else 0,
+        )  # fmt: skip
+    except study_data.RoomError as e:
+        keys = {
+            "shared": "config keys 'data.n_sft_val', 'data.n_rl', 'data.n_eval' (with data.shared_mix)",
+            "sft": "config key 'data.n_sft_train' (with data.sft_mix)",
+            "corpus": "config key 'model.pretrain.corpus_size'",
+        }[e.part]
+        raise ConfigError(f"{keys}: {e}; lower it or move weight to a larger difficulty") from None
+    if not cfg.model.build_tiny:
+        return  # another tokenizer: lengths in tokens are checked on the tokenized sets
+    level = max(study_data.top_level(d.shared_mix), study_data.top_level(d.sft_mix))
+    prompt, response = study_data.longest_row(level)
+    prompt += len(d.prompt_template.format(prompt=""))
+    where = f"the longest difficulty-{level} row of data.shared_mix / data.sft_mix"
+    if prompt + response + 1 > d.max_len:
+        raise ConfigError(
+            f"config key 'data.max_len' ({d.max_len}) is shorter than {where} ({prompt + response + 1} tokens with "
+            "eos): SFT would train on cut trajectories; raise data.max_len"
+        )
+    if response + 1 > cfg.rollout.max_tokens:
+        raise ConfigError(
+            f"config key 'rollout.max_tokens' ({cfg.rollout.max_tokens}) is shorter than the response of {where} "
+            f"({response + 1} tokens with eos): such completions would be cut before their answer; raise it"
+        )
+    positions = cfg.model.tiny.max_position_embeddings
+    if prompt + cfg.rollout.max_tokens > positions:
+        raise ConfigError(
+            f"config key 'model.tiny.max_position_embeddings' ({positions}) cannot hold the {prompt}-token prompt of "
+            f"{where} plus rollout.max_tokens ({cfg.rollout.max_tokens}); raise it or lower rollout.max_tokens"
+        )
+
+
+def _check_pretrain(cfg: Config) -> None:
+    p = cfg.model.pretrain
+    if p.steps == 0:
+        return
+    if not cfg.model.build_tiny:
+        raise ConfigError(
+            "config key 'model.pretrain.steps' pretrains the built tiny model: needs model.build_tiny: true"
+        )
+    if cfg.data.layout != "study":
+        raise ConfigError(
+            "config key 'model.pretrain.steps' needs data.layout: study, whose splits leave the corpus's problems "
+            "out (the classic layout may draw any problem)"
+        )
+    from switchpoint import study_data
+
+    if not study_data.enumerable(p.difficulty):
+        raise ConfigError(
+            f"config key 'model.pretrain.difficulty' is {p.difficulty}: too many problems to enumerate and keep "
+            "apart from the splits; use 1 or 2"
+        )
+    prompt, response = study_data.longest_row(p.difficulty)
+    length = prompt + len(cfg.data.prompt_template.format(prompt="")) + response + 1
+    if length > cfg.model.tiny.max_position_embeddings:
+        raise ConfigError(
+            f"config key 'model.pretrain.difficulty' ({p.difficulty}) has rows of {length} tokens, more than "
+            f"model.tiny.max_position_embeddings ({cfg.model.tiny.max_position_embeddings})"
+        )
 
 
 def _check_trackers(report_to: list) -> None:

@@ -47,6 +47,25 @@ class TinyModelConfig:
 
 
 @dataclass
+class PretrainConfig:
+    steps: int = 0
+    """Optimizer steps of next-token pretraining of the built tiny model (switchpoint/pretrain.py), so pure RL has a
+    base that can already answer some prompts; 0: off (random init). The result is cached beside the random-init
+    folder, one per setting, and rebuilt identically."""
+    corpus_size: int = 600
+    """Problems in the corpus: the last ones of `difficulty`'s seeded order, whose front the study splits take
+    from, so the corpus meets no split (checked against the splits' needs)."""
+    difficulty: int = 1
+    """Difficulty of the corpus problems (1 or 2: the levels small enough to enumerate and keep apart)."""
+    batch_size: int = 32
+    """Sequences per step (prompt, expert response, eos; loss on every token)."""
+    lr: float = 0.003
+    """Peak AdamW learning rate (cosine decay to 10% after warm-up)."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+
+
+@dataclass
 class ModelConfig:
     path: str = "artifacts/tiny/model"
     """Hugging Face model folder (config.json, weights, tokenizer). Everything loads from here."""
@@ -56,6 +75,8 @@ class ModelConfig:
     """Shape of the tiny model (used only with build_tiny)."""
     dtype: str = "auto"
     """Training/inference dtype: float32, bfloat16 or auto (float32 on CPU, bfloat16 on GPU)."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """Pretraining of the tiny model on a corpus disjoint from every split (build_tiny and data.layout `study`)."""
 
 
 @dataclass
@@ -75,9 +96,24 @@ class DataConfig:
     dir: str = "artifacts/tiny/data"
     """Where the synthetic splits are written (parquet)."""
     difficulty: int = 1
-    """Synthetic task difficulty (more operations per problem)."""
+    """Synthetic task difficulty (more operations per problem); layout `classic` only (`study` uses the mixes)."""
+    layout: str = "classic"
+    """Synthetic: how the splits are drawn. `classic`: one seeded sample of `difficulty` problems cut into the four
+    splits, so every knob moves every split. `study` (switchpoint/study_data.py): the SFT validation, RL and
+    held-out splits are drawn with `shared_mix` and stay byte-identical whatever the SFT knobs; the SFT set is the
+    first n_sft_train rows of one `sft_mix` sequence (a smaller set is a subset of a larger one with the same mix;
+    two mixes of one size differ only in difficulty); all of them stay disjoint from model.pretrain's corpus."""
+    shared_mix: list = field(default_factory=list)
+    """layout `study`: weights of difficulties 1, 2, ... in the SFT validation, RL and held-out splits, e.g.
+    [1, 1, 1] (required there; empty with `classic`)."""
+    sft_mix: list = field(default_factory=list)
+    """layout `study`: weights of difficulties 1, 2, ... in the SFT train set, e.g. easy [4, 2, 1], uniform
+    [1, 1, 1], hard [1, 2, 4] (the paper's Easy/Uniform/Hard102K shape; empty: shared_mix)."""
     n_sft_train: int = 2000
-    """Synthetic: expert trajectories for SFT (the data-size knob)."""
+    """Synthetic: expert trajectories for SFT (the data-size knob; with layout `study`, the largest set's size)."""
+    sft_fraction: float = 1.0
+    """layout `study`: train on the first round(sft_fraction * n_sft_train) rows of the SFT set, e.g. 0.125, 0.25,
+    0.5, 1: nested subsets of the largest set, whose room in every level is what is checked (1 with `classic`)."""
     n_sft_val: int = 200
     """Synthetic: held-out trajectories for the SFT validation loss."""
     n_rl: int = 2000
@@ -411,6 +447,7 @@ class Config:
 
 CHOICES = {
     "data.source": ("synthetic", "files"),
+    "data.layout": ("classic", "study"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "rollout.weight_sync": ("object_store", "disk", "collective"),
     "rl.old_logprobs": ("learner", "engine"),
@@ -435,6 +472,10 @@ POSITIVE = (
     "eval.samples",
     "eval.max_prompts",
     "data.max_len",
+    "model.pretrain.corpus_size",
+    "model.pretrain.difficulty",
+    "model.pretrain.batch_size",
+    "model.pretrain.lr",
     "learner.lr",
     "rollout.kv_cache_gib",
     "tune.num_samples",
@@ -471,6 +512,8 @@ NON_NEGATIVE = (
     "checkpoint.keep_last_hf",
     "checkpoint.rl_every",
     "data.num_proc",
+    "model.pretrain.steps",
+    "model.pretrain.warmup_steps",
     "faults.max_faults",
     "faults.actor_max_restarts",
 )

@@ -52,7 +52,8 @@ def tiny_model_path(cfg: Config) -> str:
 
 
 def ensure_model(cfg: Config) -> str:
-    """The model folder the actors load: model.path, or (build_tiny) the tiny model built on first use."""
+    """The model folder the actors load: model.path, or (build_tiny) the tiny model built on first use, pretrained
+    (model.pretrain) into its own folder when asked."""
     path = cfg.model.path
     if cfg.model.build_tiny:
         path = tiny_model_path(cfg)
@@ -83,6 +84,10 @@ def ensure_model(cfg: Config) -> str:
                 os.rename(tmp, path)
             except OSError:  # another run built it first
                 shutil.rmtree(tmp, ignore_errors=True)
+        if cfg.model.pretrain.steps:
+            from switchpoint.pretrain import ensure_pretrained
+
+            path = ensure_pretrained(cfg, path)
     elif not os.path.isdir(path):
         raise ConfigError(f"model folder not found: {path} (config key 'model.path')")
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -93,10 +98,33 @@ def ensure_model(cfg: Config) -> str:
     return path
 
 
+def _study_paths(cfg: Config) -> dict[str, str]:
+    """data.layout `study`: the shared splits' folder (one per shared setting) and the SFT set's inside it."""
+    from switchpoint import study_data
+
+    d = cfg.data
+    shared = {"shared_mix": d.shared_mix, "n_sft_val": d.n_sft_val, "n_rl": d.n_rl, "n_eval": d.n_eval}
+    shared["seed"] = cfg.run.seed
+    n = study_data.fraction_size(d.n_sft_train, d.sft_fraction)  # a prefix: the same rows as n_sft_train=n
+    folder, sft_folder = study_data.study_folders(d.dir, sft_mix=d.sft_mix, n_sft_train=n, **shared)
+    try:
+        paths = study_data.write_shared_splits(folder, **shared)
+        paths["sft_train"] = study_data.write_sft_train(
+            sft_folder, sft_mix=d.sft_mix, n_sft_train=n, **shared
+        )
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write the synthetic data to {folder} ({e.strerror or e}); config key 'data.dir'"
+        ) from None
+    return paths
+
+
 def _synthetic_paths(cfg: Config) -> dict[str, str]:
     from switchpoint.synthetic import write_splits
 
     d = cfg.data
+    if d.layout == "study":
+        return _study_paths(cfg)
     knobs = {
         "difficulty": d.difficulty,
         "n_sft_train": d.n_sft_train,

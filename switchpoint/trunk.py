@@ -40,7 +40,15 @@ def sft_settings(cfg: Config) -> dict:
         "learner": learner,
         "sft": {k: v for k, v in raw["sft"].items() if k not in MEASURE_ONLY_SFT_KEYS},
     }
-    return flatten(nested)
+    flat = flatten(nested)
+    # The study knobs at their off values are left out, so trunks trained before they existed keep their keys.
+    study_keys = ("data.layout", "data.shared_mix", "data.sft_mix", "data.sft_fraction")
+    if [flat[k] for k in study_keys] == ["classic", [], [], 1.0]:
+        for key in study_keys:
+            del flat[key]
+    if flat["model.pretrain.steps"] == 0:
+        flat = {k: v for k, v in flat.items() if not k.startswith("model.pretrain.")}
+    return flat
 
 
 def is_trunk_key(key: str) -> bool:

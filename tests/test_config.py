@@ -20,9 +20,17 @@ def test_cross_key_rules_leave_good_settings_alone():
 
 
 def test_shipped_configs_parse():
+    from switchpoint.study_config import load_study
+
     for name in os.listdir(os.path.join(REPO, "configs")):
-        if name.endswith(".yaml") and not name.startswith("tune"):
-            load_config(os.path.join(REPO, "configs", name))
+        path = os.path.join(REPO, "configs", name)
+        if not name.endswith(".yaml"):
+            continue
+        if "study:" in open(path).read():  # a study file: its run config and its study section, both checked
+            for quick in (False, True):
+                load_study(path, quick=quick)
+        else:
+            load_config(path)
 
 
 def test_overrides_are_typed_and_nested():
