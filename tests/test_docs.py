@@ -1,6 +1,7 @@
 """The newcomer's path holds together: the README is short, starts with the two commands, and every link and image
-in it (and in docs/) resolves, anchors included; no tracked file points to ../shared/ (a user's clone has none);
-the key reference in docs/configuration.md is generated from switchpoint/config.py and current."""
+in it (and in docs/) resolves, anchors included; no tracked file points into the shared design folder beside the
+repository (a user's clone has none); the key reference in docs/configuration.md is generated from
+switchpoint/config.py and current."""
 
 import os
 import re
