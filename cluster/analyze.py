@@ -315,19 +315,50 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+DESCRIPTION = """\
+Plasticity-Ceiling analytics of finished runs: for every RL branch P_sft, PL_rl, A_post (with a bootstrap
+interval), C_mid, B and the fit quality; for every SFT curve the hindsight regimes and where the switch policies
+would have switched; across data sets the data-selection ranking. PATH is a run folder, a folder of runs, a sweep's
+experiment folder (its table and recommendation first) or a curves file. See docs/concepts.md for the terms."""
+
+EXAMPLES = [
+    "{prog} runs/tiny-20261127-101500",
+    "{prog} runs/tiny_sweep-sweep-20261127-101500",
+    "{prog} runs/ --val data/val.jsonl --json analysis.json",
+    "{prog} tests/data/retu_curves.json --eps search --no-plots",
+]
+
+
 def add_parser(subparsers) -> None:
     """Register `analyze` on an argparse subparsers object."""
-    p = subparsers.add_parser("analyze", help="ceiling fits, regimes and data selection of runs or curves")
+    from cluster.cli_args import add_parser as add_sub
+
+    p = add_sub(
+        subparsers,
+        "analyze",
+        "ceiling fits, regimes and data selection of runs or curves",
+        DESCRIPTION,
+        EXAMPLES,
+    )
     p.add_argument("path", help="a run folder, a folder of runs, or a curves file (reference layout)")
     p.add_argument("--json", metavar="FILE", help="write one object per branch to FILE")
-    p.add_argument("--out", metavar="DIR", help="folder for the PNG plots and report.json")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for the PNG plots and report.json (unset: PATH/analysis, or ./analysis_NAME)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the A_post interval")
-    p.add_argument("--eps", choices=sorted(EPS_MODES), default="zero", help="offset eps: 0, free, or both")
+    p.add_argument(
+        "--eps",
+        choices=sorted(EPS_MODES),
+        default="zero",
+        help="the ceiling fit's offset eps at the branch point: zero (eps = 0), free (fitted, eps >= 0), or search (both, the better fit per branch)",
+    )
     p.add_argument(
         "--gap-weight", type=float, default=0.2, help="w in R2_held - w * max(0, R2_fit - R2_held)"
     )
-    runs_or = "default: the runs' switch config, else"
+    runs_or = "unset: the runs' switch config, else"
     p.add_argument("--delta", type=float, help=f"Stable band: L <= (1 + delta) * L_min ({runs_or} 0.02)")
     p.add_argument("--delta2", type=float, help=f"Severe: L >= (1 + delta2) * L_min ({runs_or} 0.10)")
     p.add_argument("--patience", type=int, help=f"patience of the replayed switch policies ({runs_or} 2)")

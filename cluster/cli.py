@@ -1,77 +1,104 @@
-"""`switchpoint` command line: run a pipeline, train a trunk, sweep branch points with Ray Tune, analyze runs."""
+"""`switchpoint` command line: run a pipeline, train a trunk, sweep branch points with Ray Tune, run the study,
+analyze runs. Each command takes CONFIG (or a folder) as its first argument; `python -m cluster.job`,
+`cluster.tune` and `cluster.study` are the same commands for `ray job submit`."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
+from cluster.cli_args import (  # noqa: E402
+    HelpFormatter,
+    add_config,
+    add_parser,
+    add_quiet,
+    add_set,
+    examples_text,
+    run_command,
+)
+
+EXAMPLES = [
+    "{prog} run configs/tiny.yaml                  # the embedded default (make demo)",
+    "{prog} run configs/example_own_data.yaml      # your own data: see docs/own-data.md",
+    "{prog} tune configs/tiny_sweep.yaml           # sweep the switch point (make sweep)",
+    "{prog} analyze runs/tiny-20261127-101500",
+    "{prog} run --help                             # every command has its own help",
+]
+
+TRUNK_DESCRIPTION = """\
+Train the SFT trunk of a config once (switch.policy never, a Hugging Face checkpoint at every validation), or find
+the one already trained with the same SFT settings (OUTPUT_DIR/trunks/trunk-KEY), and print its checkpoints with
+their validation loss and regimes (online and in hindsight). Sweeps and `switchpoint run --from-trunk` branch RL
+from it; see docs/sweeps.md."""
+
+TRUNK_EXAMPLES = [
+    "{prog} configs/tiny_sweep.yaml",
+    "{prog} configs/micro_sweep.yaml --set sft.stop_after_severe=3",
+]
+
 
 def _cmd_run(args) -> int:
-    from cluster.runner import print_summary, run_pipeline
-    from switchpoint.config import load_config
+    from cluster.job import cmd_run
 
-    if args.resume:
-        if args.config or args.set or args.from_trunk:
-            raise ValueError(
-                "--resume RUN_DIR takes the run's own config.yaml: give no CONFIG, --set or --from-trunk"
-            )
-        run_dir, summary = run_pipeline(None, quiet=args.quiet, resume=args.resume)
-    elif not args.config:
-        raise ValueError("switchpoint run needs a CONFIG (or --resume RUN_DIR)")
-    else:
-        cfg = load_config(args.config, args.set)
-        run_dir, summary = run_pipeline(cfg, quiet=args.quiet, from_trunk=args.from_trunk)
-    print_summary(run_dir, summary)
-    return 0
+    return cmd_run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="switchpoint", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="SFT on expert trajectories, switch at the chosen regime, then RL")
-    run.add_argument("config", nargs="?", help="YAML run config (see configs/)")
-    run.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set rl.steps=20 (repeatable)",
+def build_parser():
+    import argparse
+
+    from cluster import job
+
+    parser = argparse.ArgumentParser(
+        prog="switchpoint",
+        description=__doc__,
+        epilog=examples_text("switchpoint", EXAMPLES),
+        formatter_class=HelpFormatter,
     )
-    run.add_argument("--quiet", action="store_true", help="no progress line")
-    run.add_argument(
-        "--from-trunk",
-        metavar="TRUNK_DIR",
-        help="skip SFT: start RL from this trunk's checkpoint (switch.policy=step:N names it) with a new optimizer",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = add_parser(
+        sub,
+        "run",
+        "SFT on expert trajectories, switch at the chosen regime, then RL",
+        job.DESCRIPTION,
+        job.EXAMPLES,
     )
-    run.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue a stopped run from its latest complete resume state (SFT or RL), with its own config",
-    )
+    job.add_run_arguments(run)
     run.set_defaults(func=_cmd_run)
 
     from cluster import trunk, tune
 
-    tr = sub.add_parser("trunk", help="train (or find) the SFT trunk of a config: checkpoints with regimes")
-    tr.add_argument("config", help="YAML config")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    tr.add_argument("--quiet", action="store_true", help="no progress line")
-    tr.set_defaults(func=trunk.cmd_trunk)
-    tn = sub.add_parser("tune", help="Ray Tune search of branch points and RL settings on one SFT trunk")
-    tune.add_arguments(tn, config_flag=False)
-    tn.set_defaults(func=tune.cmd_tune)
-    st = sub.add_parser(
-        "study",
-        help="the paper's claims C1-C5 tested on this stack: trunks and RL branches per data set and seed, a report",
-        description="Runs the study grid (configs/study.yaml) as Ray Tune sweeps and writes REPORT.md, results.csv "
-        "and PNGs into the study folder. Example: switchpoint study configs/study.yaml --quick",
+    tr = add_parser(
+        sub,
+        "trunk",
+        "train (or find) the SFT trunk of a config: checkpoints with regimes",
+        TRUNK_DESCRIPTION,
+        TRUNK_EXAMPLES,
     )
+    add_config(tr, "YAML config (its SFT settings define the trunk)")
+    add_set(tr)
+    add_quiet(tr)
+    tr.set_defaults(func=trunk.cmd_trunk)
+    tn = add_parser(
+        sub,
+        "tune",
+        "Ray Tune search of branch points and RL settings on one SFT trunk",
+        tune.DESCRIPTION,
+        tune.EXAMPLES,
+    )
+    tune.add_arguments(tn)
+    tn.set_defaults(func=tune.cmd_tune)
     from cluster import study
 
-    study.add_arguments(st, config_flag=False)
+    st = add_parser(
+        sub,
+        "study",
+        "the paper's claims C1-C5 tested on this stack: trunks and RL branches per data set and seed, a report",
+        study.DESCRIPTION,
+        study.EXAMPLES,
+    )
+    study.add_arguments(st)
     st.set_defaults(func=study.cmd_study)
     from cluster import analyze
 
@@ -80,19 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from actors.fault_events import FaultLimitError
-    from switchpoint.config import ConfigError
-
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except FaultLimitError as e:
-        print(f"switchpoint: stopped: {e}", file=sys.stderr)
-        return 3
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        # Bad input: one line naming the key, path or row. Anything else keeps its traceback.
-        print(f"switchpoint: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args, f"switchpoint {args.command}")
 
 
 if __name__ == "__main__":

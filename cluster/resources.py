@@ -27,6 +27,17 @@ class ResourceError(ValueError):
     """The config cannot fit the cluster; the message names the numbers and the keys (the CLI prints it, exit 2)."""
 
 
+class NoGPUError(ResourceError):
+    """The config asks for GPUs and no node of a fixed cluster has one (a GPU config on a CPU machine): every
+    check before this one passed; the message says so and how to go on."""
+
+
+NO_GPU_ADVICE = (
+    "run it where Ray sees GPUs (install the GPU wheels there: pip install -e '.[gpu]'), or set "
+    "learner.gpus_per_rank and rollout.gpus_per_worker to 0 for a CPU run (see docs/gpus-and-clusters.md)"
+)
+
+
 @dataclass
 class Group:
     """Identical actors: `count` of them (named by `count_key`), each asking `amount` of a resource (`amount_key`)."""
@@ -146,6 +157,12 @@ def check_resources(cfg: Config, rl: bool = True, say: Callable[[str], None] = p
     if problems:
         grows = autoscaling()
         if grows is None:
+            gpus = sum(g.count * g.amount for g in actor_groups(cfg, rl)["GPU"])
+            if gpus and not any(_node_amount(n, "GPU") for n in nodes):
+                raise NoGPUError(
+                    f"this config needs GPUs and the cluster has none: {'; '.join(problems)}. The config's "
+                    f"inputs passed every check before this one; {NO_GPU_ADVICE}"
+                )
             raise ResourceError("; ".join(problems))
         say(f"waiting for the autoscaler ({grows}): {'; '.join(problems)}")
         return

@@ -138,6 +138,26 @@ def _drop_forwarded_run_log() -> None:
         ]
 
 
+def check_verifier(cfg: Config) -> None:
+    """verifier.kind imported here as the verifier actors will import it, so a typo in a custom
+    `module:function` stops the run with one line before Ray starts. Ray puts the driver's current directory on
+    the actors' path (a job's working dir instead), so it is on the path for this check too."""
+    from actors.verifier import load_verify_function, resolve_verifier_spec
+    from switchpoint.config import ConfigError
+
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.append(here)
+    try:
+        load_verify_function(resolve_verifier_spec(cfg.verifier.kind))
+    except ValueError as e:
+        raise ConfigError(f"config key 'verifier.kind': {e}") from None
+    finally:
+        if added:
+            sys.path.remove(here)
+
+
 def new_run_dir(cfg: Config) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = os.path.join(cfg.run.output_dir, f"{cfg.run.name}-{stamp}")
@@ -220,6 +240,8 @@ def run_pipeline(
     parse_injections(cfg.faults.inject)  # a malformed faults.inject item, named
     StrategyPlacement.from_config(cfg)  # a malformed rollout.placement or verifier.placement, named
     rl = needs_engines(cfg, from_trunk is not None)
+    if rl:
+        check_verifier(cfg)  # a custom verifier (module:function) that does not import, named
     joining = bool(os.environ.get("RAY_ADDRESS"))
     if joining:
         # On a running cluster the resource check costs a connection: do it before building data or a model.

@@ -43,4 +43,4 @@ ray job submit --address "http://$head_ip:$DASHBOARD_PORT" \
     --submission-id "switchpoint-$RUN_NAME-$SLURM_JOB_ID" \
     --metadata-json "{\"job_name\": \"switchpoint $RUN_NAME $CONFIG\"}" \
     --runtime-env-json '{"working_dir": ".", "env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}}' \
-    -- python -m cluster.job --config "$CONFIG" "$@"
+    -- python -m cluster.job "$CONFIG" "$@"

@@ -1,4 +1,4 @@
-"""`switchpoint study CONFIG` (and `python -m cluster.study --config CONFIG`): the paper's claims C1-C5 tested on
+"""`switchpoint study CONFIG` (and `python -m cluster.study CONFIG`): the paper's claims C1-C5 tested on
 the real stack at tiny scale.
 
 The study is a list of cells, each a Ray Tune sweep on the shared-trunk machinery (cluster.tune.run_sweep): per
@@ -208,7 +208,9 @@ def run_study(
 def cmd_study(args) -> int:
     from cluster.study_report import write_report
 
-    args.config = args.config or getattr(args, "config_flag", None)
+    from cluster.cli_args import take_config
+
+    take_config(args, "switchpoint study")
     if args.report_only:
         print(write_report(os.path.abspath(args.report_only)))
         return 0
@@ -226,31 +228,42 @@ def cmd_study(args) -> int:
     return 0
 
 
-def add_arguments(p: argparse.ArgumentParser, config_flag: bool) -> None:
-    p.add_argument("config", nargs="?", help="study config, e.g. configs/study.yaml")
-    if config_flag:  # `python -m cluster.study --config FILE`, as cluster.job and cluster.tune take it
-        p.add_argument("--config", dest="config_flag", metavar="CONFIG", help="the same, as a flag")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (study.* too)"
-    )
+DESCRIPTION = """\
+The paper's claims C1-C5 tested on this stack: per data set and seed one SFT trunk and RL branches (Ray Tune
+sweeps), run one after another with progress and an ETA, then REPORT.md, results.csv and PNGs in the study folder
+(docs/study/ holds the checked-in report). `switchpoint study` and `python -m cluster.study` are the same command."""
+
+EXAMPLES = [
+    "{prog} configs/study.yaml",
+    "{prog} configs/study.yaml --quick",
+    "{prog} --resume runs/study-20261127-101500",
+    "{prog} --report-only runs/study-20261127-101500",
+]
+
+
+def add_arguments(p: argparse.ArgumentParser, config_flag: bool = False) -> None:
+    """CONFIG first (--config still works, deprecated), as every switchpoint command; config_flag is unused and
+    kept for callers of the old signature."""
+    from cluster.cli_args import add_config, add_quiet, add_set
+
+    add_config(p, "study config (a run config with a study: section), e.g. configs/study.yaml")
+    add_set(p, " (study.* too)")
     p.add_argument(
         "--quick", action="store_true", help="the short variant (the config's study.quick section)"
     )
     p.add_argument("--resume", metavar="STUDY_DIR", help="continue an interrupted study")
     p.add_argument("--report-only", metavar="STUDY_DIR", help="write the report of a study folder again")
-    p.add_argument("--output-dir", help="where the study folder goes (default: run.output_dir)")
-    p.add_argument("--quiet", action="store_true", help="only the study's own progress lines")
+    p.add_argument("--output-dir", help="where the study folder goes (unset: the config's run.output_dir)")
+    add_quiet(p, "only the study's own progress lines")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.study", description=__doc__)
-    add_arguments(parser, config_flag=True)
-    args = parser.parse_args(argv)
-    try:
-        return cmd_study(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"switchpoint: error: {e}", file=sys.stderr)
-        return 2
+    from cluster.cli_args import new_parser, run_command
+
+    prog = "python -m cluster.study"
+    parser = new_parser(prog, DESCRIPTION, EXAMPLES)
+    add_arguments(parser)
+    return run_command(cmd_study, parser.parse_args(argv), prog)
 
 
 if __name__ == "__main__":

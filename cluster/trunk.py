@@ -88,6 +88,8 @@ def format_trunk(trunk: Trunk) -> str:
 def cmd_trunk(args) -> int:
     from switchpoint.config import load_config
 
+    if not args.config:
+        raise ConfigError("switchpoint trunk needs a CONFIG (e.g. configs/tiny_sweep.yaml)")
     cfg = load_config(args.config, args.set)
     trunk, _ = ensure_trunk(cfg, quiet=args.quiet)
     print(format_trunk(trunk))

@@ -1,4 +1,4 @@
-"""`switchpoint tune CONFIG` and `python -m cluster.tune --config CONFIG` (for `ray job submit`): Ray Tune searches
+"""`switchpoint tune CONFIG` and `python -m cluster.tune CONFIG` (for `ray job submit`): Ray Tune searches
 branch points and RL settings on one SFT trunk.
 
 1. Check the `tune:` section (keys, domains, searcher, scheduler) before anything runs.
@@ -226,25 +226,38 @@ def cmd_tune(args) -> int:
     return 0
 
 
-def add_arguments(p: argparse.ArgumentParser, config_flag: bool) -> None:
-    if config_flag:
-        p.add_argument("--config", help="YAML config with a tune: section")
-    else:
-        p.add_argument("config", nargs="?", help="YAML config with a tune: section (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+DESCRIPTION = """\
+Ray Tune search of branch points and RL settings on one SFT trunk: SFT runs once (or an existing trunk with the
+same SFT settings is reused), then every RL branch (a trunk checkpoint x the tune.space settings) is a trial; the
+ceiling stopper ends branches that cannot win. Writes OUTPUT_DIR/NAME-sweep-TIMESTAMP with results.csv/.json,
+results.png and the recommended branch point; see docs/sweeps.md.
+`switchpoint tune` and `python -m cluster.tune` (for `ray job submit`) are the same command."""
+
+EXAMPLES = [
+    "{prog} configs/tiny_sweep.yaml",
+    "{prog} configs/micro_sweep.yaml --set 'tune.branch_points=[20, 40, 60]' --set tune.scheduler=fifo",
+    "{prog} --resume runs/tiny_sweep-sweep-20261127-101500",
+]
+
+
+def add_arguments(p: argparse.ArgumentParser, config_flag: bool = False) -> None:
+    """CONFIG first (--config still works, deprecated), as every switchpoint command; config_flag is unused and
+    kept for callers of the old signature."""
+    from cluster.cli_args import add_config, add_quiet, add_set
+
+    add_config(p, "YAML config with a tune: section (see configs/)")
+    add_set(p)
     p.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue an interrupted sweep")
-    p.add_argument("--quiet", action="store_true", help="no progress table")
+    add_quiet(p, "no progress table")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.tune", description=__doc__)
-    add_arguments(parser, config_flag=True)
-    args = parser.parse_args(argv)
-    try:
-        return cmd_tune(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"switchpoint: error: {e}", file=sys.stderr)
-        return 2
+    from cluster.cli_args import new_parser, run_command
+
+    prog = "python -m cluster.tune"
+    parser = new_parser(prog, DESCRIPTION, EXAMPLES)
+    add_arguments(parser)
+    return run_command(cmd_tune, parser.parse_args(argv), prog)
 
 
 if __name__ == "__main__":

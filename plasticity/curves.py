@@ -3,7 +3,7 @@
 Everything becomes Scenes: one SFT trunk (a curve of validation loss or of performance over SFT compute)
 and the RL branches taken from it (performance P in percent over RL compute since the branch point).
 
-- Reference layout (../shared/reference/retu/README.md): P is the count-weighted mean of six benchmarks,
+- Reference layout (tests/data/README.md, retu_curves.json): P is the count-weighted mean of six benchmarks,
   compute in exaFLOPs; no validation loss.
 - Run folder (RUN/metrics.jsonl, RUN/summary.json, RUN/config.yaml): one scene, at most one branch; x is the
   cumulative "flops" of held-out evaluations minus the flops at the switch, y = accuracy * 100.

@@ -63,11 +63,18 @@ def plot_run(rows: list[dict], summary: dict, out_png: str, delta: float = 0.02,
 
     rows: the run's metrics.jsonl lines; summary: its summary.json ("switch" may be None).
     """
+    return _save(run_figure(rows, summary, delta, delta2), out_png)
+
+
+def run_figure(rows: list[dict], summary: dict, delta: float = 0.02, delta2: float = 0.10) -> Figure:
+    """The figure of plot_run. Marks where SFT stopped (summary's sft_last_step, with why) and the checkpoint RL
+    starts from (switch.step): a policy that rolls back to an earlier checkpoint leaves SFT steps unused."""
     summary = summary or {}
     fig = Figure(figsize=(12, 4.2), layout="constrained")
     ax_sft, ax_rl = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     sft = [r for r in rows if r.get("phase") == "sft" and r.get("val_loss") is not None]
     switch = summary.get("switch")
+    stopped = _sft_stop(summary)
     if len(sft) >= 1:
         steps = [r["step"] for r in sft]
         losses = [r["val_loss"] for r in sft]
@@ -78,7 +85,11 @@ def plot_run(rows: list[dict], summary: dict, out_png: str, delta: float = 0.02,
         ax_sft.set_ylabel("validation loss")
         if switch:
             ax_sft.axvline(switch["step"], color="crimson", lw=1.5, ls="--",
-                           label=f"switch @ {switch['step']} ({switch.get('regime', '?')})")  # fmt: skip
+                           label=f"RL starts from checkpoint {switch['step']} ({switch.get('regime', '?')})")  # fmt: skip
+        if stopped is not None and (not switch or stopped[0] != switch["step"]):
+            ax_sft.axvline(
+                stopped[0], color="0.25", lw=1.2, ls=":", label=f"SFT stopped @ {stopped[0]} ({stopped[1]})"
+            )
         ax_sft.legend(fontsize=7, loc="upper right")
         ax_sft.set_title("SFT: validation loss and regimes (hindsight)")
     else:
@@ -98,7 +109,17 @@ def plot_run(rows: list[dict], summary: dict, out_png: str, delta: float = 0.02,
             ax_acc.plot(*zip(*acc), "s-", color="tab:green", ms=4, label="held-out accuracy")
         if acc or sft_acc:
             ax_acc.set_ylabel("held-out accuracy (%)")
-        ax_rl.set_xlabel("step (global)")
+        # RL step k is logged as global step switch + k: the RL axis starts at the branch checkpoint.
+        if switch:
+            ax_rl.axvline(switch["step"], color="crimson", lw=1.2, ls="--",
+                          label=f"RL starts from SFT checkpoint {switch['step']}")  # fmt: skip
+            ax_rl.set_xlabel(f"step (global: RL step k is drawn at {switch['step']} + k)")
+            if stopped is not None and stopped[0] > switch["step"]:
+                ax_rl.text(0.01, 0.98, f"SFT ran on to step {stopped[0]}; its steps after {switch['step']}\n"
+                           "are not used (RL starts from the earlier checkpoint)", transform=ax_rl.transAxes,
+                           fontsize=7, va="top", color="0.25")  # fmt: skip
+        else:
+            ax_rl.set_xlabel("step (global)")
         handles = ax_rl.get_legend_handles_labels()[0] + ax_acc.get_legend_handles_labels()[0]
         ax_rl.legend(handles=handles, fontsize=7, loc="lower right")
         accuracy = summary.get("accuracy") or {}
@@ -111,7 +132,24 @@ def plot_run(rows: list[dict], summary: dict, out_png: str, delta: float = 0.02,
     else:
         _no_data(ax_rl, "no RL phase (policy never)")
     fig.suptitle(summary.get("run_name", ""), fontsize=10)
-    return _save(fig, out_png)
+    return fig
+
+
+STOP_WORDS = (
+    ("switch.policy", "the switch policy decided"),
+    ("stop requested", "stop requested"),
+    ("Severe", "Severe rule"),
+    ("SFT budget", "budget"),
+)
+
+
+def _sft_stop(summary: dict) -> tuple[int, str] | None:
+    """Where SFT stopped and why, in a few words: (summary's sft_last_step, its sft_stop_reason shortened)."""
+    last = summary.get("sft_last_step")
+    if last is None:
+        return None
+    reason = summary.get("sft_stop_reason") or ""
+    return int(last), next((short for key, short in STOP_WORDS if reason.startswith(key)), reason[:30] or "?")
 
 
 def plot_sft_scenes(scenes: list, regimes: dict, out_png: str) -> str:

@@ -194,12 +194,14 @@ class SFTConfig:
     max_steps: int = 400
     """SFT step budget; the run switches (or stops, policy `never`) here at the latest."""
     eval_every: int = 20
-    """Validation loss + checkpoint every this many steps."""
+    """Counts SFT steps: validation loss + a Hugging Face checkpoint (a branch point) + a resume state every this
+    many SFT optimizer steps (a validation also at step 0 and at sft.max_steps)."""
     stop_after_severe: int = 0
     """Stop SFT once the online regime has been Severe for this many validations in a row (0: never; useful
     for trunks, whose tail past Severe only costs compute)."""
     heldout_every: int = 0
-    """Held-out accuracy during SFT at every this-many-th validation (counting the one at step 0): the SFT
+    """Counts validations (not steps): held-out accuracy during SFT at every this-many-th validation, i.e. every
+    heldout_every * sft.eval_every SFT steps (counting the one at step 0): the SFT
     weights are synced into the vLLM engines and evaluated as in RL (eval.*), logged on the validation's
     metrics row with its FLOPs, so P can be drawn over SFT + RL compute. 0: off (engines then start only for
     RL). Measures only: it does not change the trunk key."""
@@ -317,7 +319,8 @@ class RLConfig:
     """RL prompts longer than this many tokens (template applied) are left out of the RL set (the paper:
     1,024); 0: no limit."""
     eval_every: int = 10
-    """Held-out accuracy every this many RL steps (and at the switch and the end)."""
+    """Counts RL steps: held-out accuracy (and, by default, a resume state) every this many RL optimizer steps,
+    and at the switch and the end. One evaluation is one report of a Tune trial."""
 
 
 @dataclass
@@ -380,8 +383,9 @@ class TuneConfig:
     """Keep the trial process and its learner, vLLM and verifier actors between trials, loading the next
     branch's weights into them (Tune's reuse_actors + reset_config)."""
     checkpoint_every: int = 1
-    """Save a Tune checkpoint of the branch (weights, optimizer, RL step, sampler state) every this many
-    evaluations, so an interrupted trial resumes from there."""
+    """Counts held-out evaluations (each rl.eval_every RL steps apart), not steps: save a Tune checkpoint of the
+    branch (weights, optimizer, RL step, sampler state) every this many evaluations, so an interrupted trial
+    resumes from there."""
 
 
 @dataclass
@@ -393,7 +397,8 @@ class CheckpointConfig:
     """SFT Hugging Face checkpoints kept besides the branch points (0: keep every one). Branch points are always
     kept: the lowest validation loss so far (where stable/min_loss roll back to) and the switch checkpoint."""
     rl_every: int = 0
-    """RL resume state every this many RL steps (0: at every held-out evaluation, rl.eval_every)."""
+    """Counts RL steps: an RL resume state every this many RL optimizer steps (0: at every held-out evaluation,
+    i.e. every rl.eval_every RL steps)."""
 
 
 @dataclass

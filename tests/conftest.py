@@ -51,7 +51,7 @@ def micro_run(tmp_path_factory):
     """configs/micro.yaml run to the end through the `ray job submit` entry point (python -m cluster.job), as a
     user would: (run folder, metrics rows, summary, stdout)."""
     out = tmp_path_factory.mktemp("micro_runs")
-    r = run_job(["--config", "configs/micro.yaml", "--set", f"run.output_dir={out}"])
+    r = run_job(["configs/micro.yaml", "--set", f"run.output_dir={out}"])
     # ray.init's py_modules upload notices are dropped on purpose (cluster/runner.py): none on the console.
     assert "file package" not in r.stdout + r.stderr, r.stderr[-3000:]
     (run_dir,) = [os.path.join(out, d) for d in os.listdir(out)]

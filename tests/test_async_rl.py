@@ -16,7 +16,6 @@ def async_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("async_runs")
     run_job(
         [
-            "--config",
             "configs/micro.yaml",
             "--set",
             f"run.output_dir={out}",

@@ -41,7 +41,7 @@ def test_rayjob_manifest_runs_the_paper_config_with_the_runtime_env():
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[:3] == ["python", "-m", "cluster.job"]
-    config = argv[argv.index("--config") + 1]
+    config = argv[3]  # CONFIG first, as every switchpoint command takes it
     assert os.path.isfile(os.path.join(REPO, config)) and "paper" in config
     env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert env["working_dir"] and env["env_vars"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
@@ -63,7 +63,7 @@ def test_slurm_script_starts_a_head_workers_and_submits_the_entry_point():
     submit = text[text.index("ray job submit") :].replace("\\\n", " ")
     env = json.loads(re.search(r"--runtime-env-json '([^']*)'", submit).group(1))
     assert env["working_dir"] == "." and "PYTHONPATH" not in env["env_vars"]
-    assert "-- python -m cluster.job --config" in submit
+    assert '-- python -m cluster.job "$CONFIG"' in submit
 
 
 def test_grafana_dashboard_queries_only_exported_series():

@@ -1,7 +1,7 @@
 """The paper-scale configs reproduce the authors' SFT and DAPO settings number for number.
 
 Source of every value in RECIPE: "Rethinking Expert Trajectory Utilization in LLM Post-training" (Ding et al.,
-arXiv 2512.11470 v2), appendix, as summarised in ../shared/DESIGN.md "The authors' recipe", and the authors'
+arXiv 2512.11470 v2), appendix, and the authors'
 DAPO launcher LINs-lab/RETU new_verl/recipe/dapo/train_script/gpu/dapo_qwen7b_sft889k_14080.sh (veRL keys in the
 third column).
 """

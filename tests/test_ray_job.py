@@ -120,7 +120,7 @@ def test_job_submit_runs_a_micro_sweep(head, tmp_path):
     out = tmp_path / "runs"
     cmd = [
         os.path.join(BIN, "ray"), "job", "submit", "--address", address, "--working-dir", REPO, "--",
-        "python", "-m", "cluster.tune", "--config", "configs/micro_sweep.yaml",
+        "python", "-m", "cluster.tune", "configs/micro_sweep.yaml",
         "--set", f"run.output_dir={out}", "--set", "rl.steps=2", "--set", "sft.max_steps=30",
         "--set", "tune.branch_points=[10, 30]",
     ]  # fmt: skip
@@ -143,7 +143,7 @@ def test_job_submit_refuses_a_config_the_cluster_cannot_fit(two_cpu_head, tmp_pa
     out = tmp_path / "runs"
     cmd = [
         os.path.join(BIN, "ray"), "job", "submit", "--address", address, "--working-dir", REPO, "--",
-        "python", "-m", "cluster.job", "--config", "configs/tiny.yaml", "--set", f"run.output_dir={out}",
+        "python", "-m", "cluster.job", "configs/tiny.yaml", "--set", f"run.output_dir={out}",
     ]  # fmt: skip
     t0 = time.time()
     r = _submit(cmd, env)

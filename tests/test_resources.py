@@ -92,3 +92,19 @@ def test_autoscaling_cluster_waits_and_says_for_what(two_cpu_ray, monkeypatch):
     check_resources(load_config(TINY), say=said.append)
     assert len(said) == 1 and said[0].startswith("waiting for the autoscaler (SWITCHPOINT_AUTOSCALING=1)")
     assert "3.5 CPUs" in said[0]
+
+
+def test_a_gpu_config_on_a_cluster_without_gpus_says_so(two_cpu_ray, monkeypatch):
+    from cluster.resources import NoGPUError
+
+    monkeypatch.delenv("SWITCHPOINT_AUTOSCALING", raising=False)
+    gpu = load_config(os.path.join(REPO, "configs", "gpu_single_node.yaml"))
+    with pytest.raises(NoGPUError) as e:
+        check_resources(gpu)
+    text = str(e.value)
+    assert text.startswith("this config needs GPUs and the cluster has none: ")
+    assert (
+        "the config needs 8 GPUs (learner.num_ranks 4 x learner.gpus_per_rank 1 + rollout.num_workers 4 x "
+        in text
+    )
+    assert "pip install -e '.[gpu]'" in text and "\n" not in text

@@ -196,7 +196,6 @@ def test_injected_actor_faults_are_survived_and_cost_only_the_work_in_flight(mic
             sys.executable,
             "-m",
             "cluster.job",
-            "--config",
             "configs/micro.yaml",
             "--set",
             f"run.output_dir={out}",

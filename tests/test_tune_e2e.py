@@ -44,7 +44,7 @@ def _summary(run_dir):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    stdout = _run(["-m", "cluster.tune", "--config", MICRO_SWEEP, "--set", f"run.output_dir={out}"])
+    stdout = _run(["-m", "cluster.tune", MICRO_SWEEP, "--set", f"run.output_dir={out}"])
     (exp,) = [out / d for d in os.listdir(out) if d.startswith("micro_sweep-sweep-")]
     report = json.loads((exp / "results.json").read_text())
     return out, exp, report, stdout
@@ -101,7 +101,7 @@ def test_branch_equals_a_run_that_trained_sft_to_that_step(sweep, tmp_path):
     _, _, report, _ = sweep
     (branch,) = [r for r in report["rows"] if r["branch_step"] == 30]
     _run(
-        ["-m", "cluster.job", "--config", "configs/micro.yaml", "--set", f"run.output_dir={tmp_path}",
+        ["-m", "cluster.job", "configs/micro.yaml", "--set", f"run.output_dir={tmp_path}",
          "--set", "switch.policy=step:30", "--set", "learner.reset_optimizer_at_switch=true",
          "--set", "rl.steps=2", "--set", "rl.eval_every=1", "--set", "learner.rl_lr=0.0005"]
     )  # fmt: skip
@@ -149,7 +149,7 @@ def test_a_sweep_killed_anywhere_resumes_each_trial_from_its_own_state(tmp_path)
     # any state), right after its first state (Tune has not heard of that step), right after its last state
     # (finished on disk, not in Tune), and the second trial's second state (the first trial done before it).
     kills = ["sweep@rl:0", "sweep@rl:1", "sweep@rl:6", "sweep@rl:2"]
-    args = ["-m", "cluster.tune", "--config", MICRO_SWEEP, "--set", f"run.output_dir={tmp_path}",
+    args = ["-m", "cluster.tune", MICRO_SWEEP, "--set", f"run.output_dir={tmp_path}",
             "--set", f"faults.inject=[{', '.join(kills)}]"]  # fmt: skip
     _killed_or_done(args, expect_kill=True)
     (exp,) = [tmp_path / d for d in os.listdir(tmp_path) if d.startswith("micro_sweep-sweep-")]
@@ -205,7 +205,7 @@ def test_a_regime_without_checkpoints_stops_a_strict_sweep_before_any_trial(swee
     out, _, _, _ = sweep
     before = sorted(os.listdir(out))
     r = subprocess.run(
-        [sys.executable, "-m", "cluster.tune", "--config", MICRO_SWEEP, "--set", f"run.output_dir={out}",
+        [sys.executable, "-m", "cluster.tune", MICRO_SWEEP, "--set", f"run.output_dir={out}",
          "--set", "tune.branch_points=[stable, severe:first]", "--set", "tune.strict_branch_points=true"],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -68,7 +68,7 @@ def test_domains_parse_without_eval():
 def test_bad_search_space_stops_the_cli_before_anything_runs(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     r = subprocess.run(
-        [sys.executable, "-m", "cluster.tune", "--config", MICRO_SWEEP, "--set", f"run.output_dir={tmp_path}",
+        [sys.executable, "-m", "cluster.tune", MICRO_SWEEP, "--set", f"run.output_dir={tmp_path}",
          "--set", "tune.space={rl.nope: [1]}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

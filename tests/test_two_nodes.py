@@ -94,7 +94,7 @@ def two_node_job(tmp_path_factory):
                 "--runtime-env-json", json.dumps(
                     {"config": {"eager_install": False}, "env_vars": {"SWITCHPOINT_METRICS_LINGER_S": "4"}}
                 ), "--",
-                "python", "-m", "cluster.job", "--config", "configs/micro.yaml", "--set", f"run.output_dir={out}",
+                "python", "-m", "cluster.job", "configs/micro.yaml", "--set", f"run.output_dir={out}",
                 "--set", "rollout.placement=resource:rollout_node",
                 "--set", "rollout.num_workers=2",  # prompts spread over two engines, each synced across nodes
                 "--set", "rollout.weight_sync=collective",

@@ -123,7 +123,7 @@ def user_run(tmp_path_factory):
     paths = build_user_folder(root)
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(user_config(paths, root)))
-    run_job(["--config", str(config)])
+    run_job([str(config)])
     (run_dir,) = [os.path.join(root / "runs", d) for d in os.listdir(root / "runs")]
     rows, summary = read_run(run_dir)
     return paths, rows, summary
