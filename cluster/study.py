@@ -206,9 +206,8 @@ def run_study(
 
 
 def cmd_study(args) -> int:
-    from cluster.study_report import write_report
-
     from cluster.cli_args import take_config
+    from cluster.study_report import write_report
 
     take_config(args, "switchpoint study")
     if args.report_only:
