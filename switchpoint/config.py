@@ -727,6 +727,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    raw.pop("study", None)  # a study file (configs/study.yaml) is a run config plus the study's own section
     return from_dict(_merge(raw, parse_overrides(overrides or [])))
 
 
